@@ -1,0 +1,395 @@
+"""Fixtures: PowerSchool-shaped SQLite databases, a copy of the script to run
+as districts do, and real SSH servers on loopback (asyncssh, OpenSSH sshd)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import getpass
+import http.server
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import clever_export  # noqa: E402
+
+SECRET_DB_PASSWORD = "Db-pa55word-never-printed"
+SECRET_SFTP_PASSWORD = "Sftp-pa55word-never-printed"
+SECRET_KEY_PASSPHRASE = "Key-passphrase-never-printed"
+NO_ROW = object()  # "this student has no row in that extension table"
+
+
+# --- PowerSchool-shaped databases ---------------------------------------------
+
+
+@dataclasses.dataclass
+class Student:
+    number: Any
+    first: str = "Pat"
+    last: str = "Doe"
+    enroll: int = 0
+    fedethnicity: Any = 0
+    fer: Any = 16  # one value, a list (several rows) or NO_ROW
+    lep: Any = 0  # likewise
+    races: tuple = ()  # STUDENTRACE.RACECD rows
+    current: tuple | None = None  # (custom_ethnicity, custom_race, custom_lep) or no row
+
+
+def powerschool_schema() -> str:
+    """The tables of the demo seed file: one schema for demo and tests."""
+    seed = clever_export.DEMO_SEED_FILE.read_text(encoding="utf-8")
+    return seed[: seed.index("INSERT INTO")]
+
+
+def make_db(path: Path, students: list[Student]) -> Path:
+    connection = sqlite3.connect(path)
+    connection.executescript(powerschool_schema())
+    for position, student in enumerate(students, 1):
+        dcid, student_id = 10_000 + position, 20_000 + position
+        connection.execute(
+            "INSERT INTO students VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (student_id, dcid, student.number, student.first, student.last,
+             student.enroll, student.fedethnicity),
+        )  # fmt: skip
+        for table, column_value in (("s_il_stu_demographics_x", student.fer), ("s_il_stu_x", student.lep)):
+            if column_value is NO_ROW:
+                continue
+            for value in column_value if isinstance(column_value, list) else [column_value]:
+                connection.execute(f"INSERT INTO {table} VALUES (?, ?)", (dcid, value))
+        for race in student.races:
+            connection.execute("INSERT INTO studentrace VALUES (?, ?)", (student_id, race))
+        if student.current is not None:
+            connection.execute(
+                "INSERT INTO u_def_ext_students0 VALUES (?, ?, ?, ?)", (dcid, *student.current)
+            )
+    connection.commit()
+    connection.close()
+    return path
+
+
+def many_students(count: int, first_number: int = 100_000) -> list[Student]:
+    """A deterministic mix of every code, for size-dependent tests."""
+    fers = [16, 16, 16, 14, 13, 11, 17, 12, 15, None]
+    return [
+        Student(first_number + i, first=f"First{i}", last=f"Last{i}",
+                fedethnicity=1 if fers[i % 10] == 11 else 0, fer=fers[i % 10], lep=i % 7 == 0)
+        for i in range(count)
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def db(tmp_path):
+    """make_db bound to a fresh folder: db(students) -> path."""
+    counter = iter(range(1000))
+    return lambda students: make_db(tmp_path / f"powerschool{next(counter)}.sqlite", students)
+
+
+# --- The script, copied into a folder as a district deploys it ---------------
+
+
+@dataclasses.dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+    log: str
+    seconds: float
+
+    def everything(self) -> str:
+        return self.stdout + self.stderr + self.log
+
+
+class App:
+    """clever_export.py and demo/ in their own folder, run as a subprocess."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / "clever_export.py", root / "clever_export.py")
+        shutil.copytree(REPO / "demo", root / "demo")
+        shutil.copy2(REPO / "known_hosts", root / "known_hosts")
+        self.env: dict[str, str] = {}
+
+    @property
+    def output(self) -> Path:
+        return self.root / "raceethnicity.txt"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "clever_export.log"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.root / "known_hosts"
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8") if self.log_path.exists() else ""
+
+    def command(self, *args: str) -> list[str]:
+        return [sys.executable, str(self.root / "clever_export.py"), *args]
+
+    def environment(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("POWERSCHOOL_", "D118_"))}
+        return {**base, **self.env, **(extra or {})}
+
+    def start(self, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
+        return subprocess.Popen(
+            self.command(*args), env=self.environment(env), cwd=cwd or self.root,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
+        )  # fmt: skip
+
+    def run(self, *args: str, env=None, cwd=None, timeout: float = 90) -> Result:
+        log_before = len(self.log())
+        started = time.monotonic()
+        process = self.start(*args, env=env, cwd=cwd)
+        stdout, stderr = process.communicate(timeout=timeout)
+        return Result(process.returncode, stdout, stderr, self.log()[log_before:], time.monotonic() - started)
+
+
+@pytest.fixture
+def app(tmp_path) -> App:
+    return App(tmp_path / "deploy")
+
+
+# --- asyncssh SFTP server on loopback -------------------------------------------
+
+
+class SftpServer:
+    """A real SFTP server in a background thread, with faults on demand.
+
+    cut_connections: connection numbers (1 = first) whose upload is cut after
+    cut_after_bytes have been written; "all" cuts every one.
+    auth_gate: when set to an Event, logins wait for it (to hold a run open).
+    """
+
+    username = "clever"
+    password = SECRET_SFTP_PASSWORD
+    remote_dir = "/sftp/clever/"
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.root = workdir / "sftp-root"
+        (self.root / "sftp" / "clever").mkdir(parents=True)
+        self.host_key = asyncssh.generate_private_key("ssh-ed25519")
+        self.client_key = asyncssh.generate_private_key("ssh-ed25519")
+        self.key_file = workdir / "client_ed25519"
+        self.key_file.write_bytes(self.client_key.export_private_key("openssh", SECRET_KEY_PASSPHRASE))
+        self.connections = 0
+        self.cut_connections: set[int] | str = set()
+        self.cut_after_bytes = 40_000
+        self.auth_gate: threading.Event | None = None
+        self.auth_waiting = threading.Event()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.acceptor = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
+        self.port = self.acceptor.sockets[0].getsockname()[1]
+
+    async def _start(self):
+        fixture = self
+
+        class Server(asyncssh.SSHServer):
+            def connection_made(self, conn):
+                fixture.connections += 1
+                self.number = fixture.connections
+
+            def begin_auth(self, username):
+                return True
+
+            def password_auth_supported(self):
+                return True
+
+            async def validate_password(self, username, password):
+                if fixture.auth_gate is not None:
+                    fixture.auth_waiting.set()
+                    await asyncio.get_running_loop().run_in_executor(None, fixture.auth_gate.wait, 30)
+                return username == fixture.username and password == fixture.password
+
+        class FaultySftp(asyncssh.SFTPServer):
+            def __init__(self, chan):
+                super().__init__(chan, chroot=str(fixture.root))
+                self.written = 0
+                self.number = chan.get_connection().get_owner().number
+
+            def write(self, file_obj, offset, data):
+                cut = fixture.cut_connections
+                if cut == "all" or self.number in cut:
+                    self.written += len(data)
+                    if self.written > fixture.cut_after_bytes:
+                        self.connection.abort()
+                        return
+                return super().write(file_obj, offset, data)
+
+        return await asyncssh.create_server(
+            Server, "127.0.0.1", 0,
+            server_host_keys=[self.host_key],
+            authorized_client_keys=asyncssh.import_authorized_keys(
+                self.client_key.export_public_key().decode()),
+            sftp_factory=FaultySftp,
+        )  # fmt: skip
+
+    def known_hosts_line(self, key=None) -> str:
+        public = (key or self.host_key).export_public_key().decode().strip()
+        return f"[127.0.0.1]:{self.port} {public}\n"
+
+    def remote(self, name: str = "raceethnicity.txt") -> Path:
+        return self.root / "sftp" / "clever" / name
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {
+            "D118_SFTP_ADDRESS": "127.0.0.1",
+            "D118_SFTP_PORT": str(self.port),
+            "D118_SFTP_USERNAME": self.username,
+            "D118_SFTP_PASSWORD": self.password,
+            **extra,
+        }
+
+    def stop(self) -> None:
+        if self.auth_gate is not None:
+            self.auth_gate.set()
+        self.acceptor.close()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture
+def sftp_server(tmp_path):
+    server = SftpServer(tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def uploading_app(app, sftp_server, db):
+    """A deployed script that trusts the fixture server and reads a small database."""
+    app.known_hosts.write_text(sftp_server.known_hosts_line())
+    app.env = {**sftp_server.env(), "PYTHONIOENCODING": "utf-8"}
+    app.db_path = db([Student(1001 + i, fer=16) for i in range(10)])
+    app.base_args = ("--sqlite", str(app.db_path), "--timeout", "5", "--retry-wait", "0.05")
+    return app
+
+
+# --- Other loopback peers ------------------------------------------------------
+
+
+@pytest.fixture
+def silent_listener():
+    """A TCP port that accepts connections and never says a word."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join(5)
+    for connection in held:
+        connection.close()
+    listener.close()
+
+
+@pytest.fixture
+def ping_server():
+    """Records Healthchecks-style pings: list of (path, body)."""
+    pings: list[tuple[str, str]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            length = int(self.headers.get("Content-Length", 0))
+            pings.append((self.path, self.rfile.read(length).decode("utf-8")))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    server.pings = pings
+    server.url = f"http://127.0.0.1:{server.server_address[1]}/ping/abc"
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+# --- OpenSSH sshd on loopback, where installed -----------------------------------
+
+SSHD = shutil.which("sshd") or ("/usr/sbin/sshd" if os.path.exists("/usr/sbin/sshd") else None)
+
+
+def _free_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def openssh_server(tmp_path):
+    """OpenSSH's sshd with key login; skipped where sshd is not installed."""
+    if SSHD is None or sys.platform == "win32":
+        pytest.skip("OpenSSH sshd is not installed (.ci/run installs openssh-server)")
+    workdir = tmp_path / "openssh"
+    workdir.mkdir()
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(workdir / "host_key")], check=True
+    )
+    client_key = workdir / "client_key"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", SECRET_KEY_PASSPHRASE, "-f", str(client_key)], check=True
+    )
+    (workdir / "authorized_keys").write_text((workdir / "client_key.pub").read_text())
+    remote_dir = workdir / "incoming"
+    remote_dir.mkdir()
+    port = _free_port()
+    (workdir / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {workdir / 'host_key'}\n"
+        f"PidFile {workdir / 'sshd.pid'}\nAuthorizedKeysFile {workdir / 'authorized_keys'}\n"
+        "StrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        "PubkeyAuthentication yes\nUsePAM no\nPermitRootLogin prohibit-password\n"
+        "Subsystem sftp internal-sftp\n"
+    )
+    if os.geteuid() == 0:
+        Path("/run/sshd").mkdir(exist_ok=True)
+    process = subprocess.Popen(
+        [SSHD, "-D", "-e", "-f", str(workdir / "sshd_config")],
+        stdout=subprocess.DEVNULL, stderr=open(workdir / "sshd.log", "w"),
+    )  # fmt: skip
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"sshd did not start: {(workdir / 'sshd.log').read_text()}")
+            time.sleep(0.05)
+    host_public = (workdir / "host_key.pub").read_text().split()[:2]
+    yield dataclasses.make_dataclass(
+        "OpenSsh", ["port", "key_file", "remote_dir", "known_hosts_line", "user"]
+    )(port, client_key, remote_dir, f"[127.0.0.1]:{port} {' '.join(host_public)}\n", getpass.getuser())
+    process.terminate()
+    process.wait(10)

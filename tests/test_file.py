@@ -1,0 +1,75 @@
+"""The file: UTF-8 without BOM, LF, tabs, no header, atomic replacement."""
+
+import os
+
+import pytest
+from conftest import NO_ROW, Student
+from conftest import clever_export as ce
+
+
+def test_bytes_are_utf8_lf_tab_without_bom(tmp_path):
+    path = tmp_path / "out.txt"
+    ce.write_export(["1001\tY\tW\tN", "1002\t\t\tN"], path)
+    data = path.read_bytes()
+    assert data == b"1001\tY\tW\tN\n1002\t\t\tN\n"
+    assert not data.startswith(b"\xef\xbb\xbf") and b"\r" not in data
+
+
+def test_header_only_when_the_profile_asks(tmp_path):
+    path = tmp_path / "out.txt"
+    ce.write_export(["1\tY\tW\tN"], path, header=ce.OUTPUT_COLUMNS)
+    assert path.read_text(encoding="utf-8").splitlines()[0] == "student_number\tHispanic_Latino\tRace\tELL"
+
+
+def test_a_crash_mid_write_keeps_the_previous_file_and_leaves_no_temp(tmp_path):
+    path = tmp_path / "out.txt"
+    path.write_bytes(b"yesterday\n")
+
+    def lines_then_crash():
+        yield "1001\tY\tW\tN"
+        raise RuntimeError("database went away")
+
+    with pytest.raises(RuntimeError):
+        ce.write_export(lines_then_crash(), path)
+    assert path.read_bytes() == b"yesterday\n"
+    assert os.listdir(tmp_path) == ["out.txt"]
+
+
+def test_end_to_end_file_from_sqlite(app, db):
+    students = [
+        Student(1003, first="José", last="Muñoz", fedethnicity=1, fer=11, lep=1),
+        Student(1001.0, first="Zoë", last="Ødegård", fedethnicity=0, fer=16, lep=NO_ROW),
+        Student(1002, fedethnicity=-1, fer=[15, 15], lep=[1, 1]),  # duplicate extension rows
+        Student(1004, enroll=2),  # transferred out
+        Student(1005, enroll=-1),  # pre-registered
+        Student(1006, first="TEST", last="Kid"),
+        Student(1007, fedethnicity=None, fer=NO_ROW, lep=None),
+        Student(1008, fedethnicity=" 1 ", fer="14.0", lep="1"),
+    ]
+    result = app.run("--sqlite", str(db(students)), "--no-upload")
+    assert result.returncode == 0, result.stderr
+    assert app.output.read_bytes() == (
+        b"1001\tN\tW\tN\n1002\t\tP\tY\n1003\tY\t\tY\n1007\t\t\tN\n1008\tY\tB\tY\n"
+    )
+    assert "written 5, skipped 1, active 5" in result.stdout
+    assert "blank Hispanic_Latino 2, blank Race 2, blank ELL 0" in result.log
+
+
+def test_output_flag_and_ordering_by_student_number(app, db, tmp_path):
+    out = tmp_path / "elsewhere" / "export.txt"
+    path = db([Student(30), Student(4), Student(200)])
+    assert app.run("--sqlite", str(path), "--no-upload", "--output", str(out)).returncode == 0
+    assert [line.split("\t")[0] for line in out.read_text().splitlines()] == ["4", "30", "200"]
+
+
+def test_demo_writes_the_sample_file(app):
+    result = app.run("--demo")
+    assert result.returncode == 0, result.stderr
+    lines = (app.root / ce.DEMO_OUTPUT_NAME).read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 49
+    by_number = {line.split("\t")[0]: line.split("\t")[1:] for line in lines}
+    assert by_number["1005"] == ["N", "P", "N"]  # FER 15
+    assert by_number["1010"] == ["", "A", "N"]  # FEDETHNICITY -1
+    assert by_number["1013"] == ["N", "W", "N"]  # 1013.0
+    assert "1041" not in by_number and "1044" not in by_number  # test student, graduated
+    assert not app.output.exists()  # the demo never touches the real export file
