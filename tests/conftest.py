@@ -186,7 +186,10 @@ class SftpServer:
         self.host_key = asyncssh.generate_private_key("ssh-ed25519")
         self.client_key = asyncssh.generate_private_key("ssh-ed25519")
         self.key_file = workdir / "client_ed25519"
-        self.key_file.write_bytes(self.client_key.export_private_key("openssh", SECRET_KEY_PASSPHRASE))
+        # Few bcrypt rounds: the passphrase is tested, not the key derivation's cost.
+        self.key_file.write_bytes(
+            self.client_key.export_private_key("openssh", SECRET_KEY_PASSPHRASE, rounds=50)
+        )
         self.connections = 0
         self.cut_connections: set[int] | str = set()
         self.cut_after_bytes = 40_000
@@ -260,9 +263,18 @@ class SftpServer:
     def stop(self) -> None:
         if self.auth_gate is not None:
             self.auth_gate.set()
-        self.acceptor.close()
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+        self.loop.close()
+
+    async def _shutdown(self) -> None:
+        self.acceptor.close()
+        await self.acceptor.wait_closed()
+        others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
 
 
 @pytest.fixture

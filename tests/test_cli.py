@@ -1,0 +1,171 @@
+"""The command line: exit codes, one-line errors, secrets, logs, Oracle failures."""
+
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import REPO, SECRET_DB_PASSWORD, Student
+from conftest import clever_export as ce
+
+ORACLE_ENV = {"POWERSCHOOL_READ_USER": "psnavigator", "POWERSCHOOL_DB_PASSWORD": SECRET_DB_PASSWORD}
+
+
+def one_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+def test_help_reads_like_a_manual(app):
+    result = app.run("--help")
+    assert result.returncode == 0
+    for text in (
+        "--demo",
+        "--show-host-key",
+        "POWERSCHOOL_PROD_DB",
+        "D118_SFTP_KEY_FILE",
+        "exit codes",
+        "75",
+    ):
+        assert text in result.stdout
+
+
+def test_bad_flag_exits_2_with_one_line(app):
+    result = app.run("--no-such-flag")
+    assert result.returncode == 2
+    assert "unrecognized arguments: --no-such-flag" in one_line(result.stderr)
+
+
+@pytest.mark.parametrize(
+    ("missing", "env"),
+    [("POWERSCHOOL_PROD_DB", ORACLE_ENV),
+     ("POWERSCHOOL_DB_PASSWORD", {"POWERSCHOOL_READ_USER": "x", "POWERSCHOOL_PROD_DB": "h:1521/PS"})],
+)  # fmt: skip
+def test_missing_database_variable_exits_2_naming_it(app, missing, env):
+    result = app.run("--no-upload", env=env)
+    assert result.returncode == 2
+    assert f"environment variable {missing}" in one_line(result.stderr)
+    assert SECRET_DB_PASSWORD not in result.everything()
+
+
+def test_missing_sftp_variable_exits_2_before_touching_the_database(app, db):
+    result = app.run("--sqlite", str(db([Student(1)])), env={"D118_SFTP_ADDRESS": "127.0.0.1"})
+    assert result.returncode == 2
+    assert "D118_SFTP_USERNAME" in one_line(result.stderr)
+    assert not app.output.exists()
+
+
+def test_no_upload_needs_no_sftp_settings(app, db):
+    assert app.run("--sqlite", str(db([Student(1)])), "--no-upload").returncode == 0
+
+
+def test_unreachable_oracle_exits_3_quickly(app):
+    env = {**ORACLE_ENV, "POWERSCHOOL_PROD_DB": "127.0.0.1:1/PSPRODDB"}
+    result = app.run("--no-upload", "--timeout", "5", env=env, timeout=30)
+    assert result.returncode == 3
+    line = one_line(result.stderr)
+    assert "cannot connect to database 127.0.0.1:1/PSPRODDB" in line and "POWERSCHOOL_PROD_DB" in line
+    assert result.seconds < 15
+    assert SECRET_DB_PASSWORD not in result.everything()
+
+
+def test_silent_oracle_listener_exits_3_in_bounded_time(app, silent_listener):
+    env = {**ORACLE_ENV, "POWERSCHOOL_PROD_DB": f"127.0.0.1:{silent_listener}/PSPRODDB"}
+    result = app.run("--no-upload", "--timeout", "2", env=env, timeout=30)
+    assert result.returncode == 3
+    assert "did not answer within 2 seconds" in one_line(result.stderr)
+    assert result.seconds < 12
+    assert SECRET_DB_PASSWORD not in result.everything()
+
+
+def test_query_failure_exits_3(app, tmp_path):
+    import sqlite3
+
+    empty = tmp_path / "empty.sqlite"
+    sqlite3.connect(empty).close()
+    result = app.run("--sqlite", str(empty), "--no-upload")
+    assert result.returncode == 3
+    assert "the export query failed: no such table" in one_line(result.stderr)
+
+
+def test_log_is_appended_timestamped_with_level_names(app, db):
+    path = str(db([Student(1), Student(2, first="test")]))
+    app.run("--sqlite", path, "--no-upload")
+    app.run("--sqlite", path, "--no-upload", "--exclude-name", "nobody")
+    summaries = [line for line in app.log().splitlines() if " summary: " in line]
+    assert len(summaries) == 2
+    assert re.match(
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO summary: written 1, skipped 1, ", summaries[0]
+    )
+    assert "written 2, skipped 0" in summaries[1]
+    assert re.search(r"seconds \d+\.\d\d$", summaries[0])
+
+
+def test_errors_are_logged_with_level_error(app):
+    app.run("--no-upload")
+    assert re.search(r" ERROR environment variable POWERSCHOOL_READ_USER", app.log())
+
+
+def test_verbose_adds_per_student_detail_to_the_log(app, db):
+    result = app.run("--sqlite", str(db([Student(1013, fer=15, fedethnicity=-1)])), "--no-upload", "-v")
+    assert "student 1013: FEDETHNICITY -1 -> Hispanic_Latino blank (unanswered (-1))" in result.log
+    assert "state race 15" in result.log and "Race P" in result.log
+    assert "FEDETHNICITY" not in result.stdout  # detail goes to the log, not to cron's mail
+
+
+def test_quiet_prints_nothing_on_success(app, db):
+    result = app.run("--sqlite", str(db([Student(1)])), "--no-upload", "--quiet")
+    assert result.returncode == 0 and result.stdout == "" and result.stderr == ""
+    assert "summary:" in result.log
+
+
+def test_log_file_flag(app, db, tmp_path):
+    log = tmp_path / "logs" / "export.log"
+    assert app.run("--sqlite", str(db([Student(1)])), "--no-upload", "--log-file", str(log)).returncode == 0
+    assert "summary:" in log.read_text()
+
+
+def test_unexpected_error_exits_1_with_one_line_and_the_traceback_in_the_log(
+    monkeypatch, capsys, tmp_path, db
+):  # fmt: skip
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(ce, "write_export", broken)
+    monkeypatch.setattr(ce, "DEFAULT_LOCK_FILE", tmp_path / "lock")
+    log = tmp_path / "x.log"
+    code = ce.main(["--sqlite", str(db([Student(1)])), "--no-upload", "--log-file", str(log),
+                    "--output", str(tmp_path / "o.txt")], environ={})  # fmt: skip
+    assert code == 1
+    stderr = capsys.readouterr().err
+    assert "unexpected error: ZeroDivisionError: a bug" in one_line(stderr)
+    assert "Traceback" in log.read_text()
+
+
+def test_secrets_are_redacted_even_if_a_message_carries_one(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(ce, "DEFAULT_LOCK_FILE", tmp_path / "lock")
+    env = {**ORACLE_ENV, "POWERSCHOOL_PROD_DB": f"127.0.0.1:1/{SECRET_DB_PASSWORD}"}  # a careless DSN
+    log = tmp_path / "x.log"
+    code = ce.main(["--no-upload", "--timeout", "5", "--log-file", str(log)], environ=env)
+    assert code == 3
+    captured = capsys.readouterr()
+    assert SECRET_DB_PASSWORD not in captured.out + captured.err + log.read_text()
+    assert "***" in captured.err
+
+
+def test_cheap_paths_do_not_import_oracledb_or_paramiko(tmp_path):
+    probe = (
+        "import sys, clever_export as ce; "
+        f"code = ce.main(['--demo', '-q', '--output', {str(tmp_path / 'o.txt')!r}, "
+        f"'--log-file', {str(tmp_path / 'l.log')!r}]); "
+        "print(code, 'oracledb' in sys.modules, 'paramiko' in sys.modules)"
+    )
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=30
+    )
+    assert result.stdout.split() == ["0", "False", "False"], result.stderr
+    assert time.monotonic() - started < 5

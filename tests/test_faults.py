@@ -1,0 +1,194 @@
+"""Surviving the night: retries, timeouts, overlapping runs, the safety guard,
+--check, monitoring pings and log rotation, against real loopback servers."""
+
+import json
+import os
+import threading
+
+from conftest import SECRET_SFTP_PASSWORD, Student, many_students
+from conftest import clever_export as ce
+
+
+def remote_names(server):
+    return sorted(os.listdir(server.remote().parent))
+
+
+def big_export_app(uploading_app, db):
+    """~200 KB of output, so an upload takes several SFTP writes and can be cut."""
+    uploading_app.db_path = db(many_students(15_000))
+    uploading_app.base_args = (
+        "--sqlite",
+        str(uploading_app.db_path),
+        "--timeout",
+        "5",
+        "--retry-wait",
+        "0.05",
+    )
+    return uploading_app
+
+
+def test_connection_cut_mid_upload_is_retried_and_lands_whole(uploading_app, sftp_server, db):
+    app = big_export_app(uploading_app, db)
+    sftp_server.cut_connections = {1}
+    result = app.run(*app.base_args)
+    assert result.returncode == 0, result.stderr
+    assert sftp_server.connections == 2
+    assert "WARNING upload attempt 1 of 3 failed" in result.log
+    assert app.output.stat().st_size > 4 * sftp_server.cut_after_bytes
+    assert sftp_server.remote().read_bytes() == app.output.read_bytes()
+    assert remote_names(sftp_server) == ["raceethnicity.txt"]
+
+
+def test_connection_cut_on_every_attempt_exits_4_and_keeps_the_previous_file(uploading_app, sftp_server, db):
+    app = big_export_app(uploading_app, db)
+    sftp_server.remote().write_bytes(b"last night's complete file\n")
+    sftp_server.cut_connections = "all"
+    result = app.run(*app.base_args, "--retries", "2")
+    assert result.returncode == 4
+    assert "gave up after 2 attempts" in result.stderr.strip().splitlines()[-1]
+    assert sftp_server.connections == 2
+    assert sftp_server.remote().read_bytes() == b"last night's complete file\n"
+    assert SECRET_SFTP_PASSWORD not in result.everything()
+
+
+def test_a_partial_file_from_a_failed_night_is_cleaned_up_by_the_next_success(uploading_app, sftp_server, db):
+    app = big_export_app(uploading_app, db)
+    sftp_server.cut_connections = "all"
+    assert app.run(*app.base_args, "--retries", "1").returncode == 4
+    assert ".raceethnicity.txt.partial" in remote_names(sftp_server)
+    sftp_server.cut_connections = set()
+    assert app.run(*app.base_args).returncode == 0
+    assert remote_names(sftp_server) == ["raceethnicity.txt"]
+
+
+def test_a_silent_sftp_server_exits_4_in_bounded_time(app, db, silent_listener):
+    app.known_hosts.write_text(f"[127.0.0.1]:{silent_listener} ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE5m\n")
+    env = {"D118_SFTP_ADDRESS": "127.0.0.1", "D118_SFTP_PORT": str(silent_listener),
+           "D118_SFTP_USERNAME": "u", "D118_SFTP_PASSWORD": SECRET_SFTP_PASSWORD}  # fmt: skip
+    result = app.run("--sqlite", str(db([Student(1)])), "--timeout", "1", "--retries", "2",
+                     "--retry-wait", "0", env=env, timeout=30)  # fmt: skip
+    assert result.returncode == 4
+    assert "gave up after 2 attempts" in result.stderr
+    assert result.seconds < 10
+
+
+def test_overlapping_runs_second_exits_75_and_touches_nothing(uploading_app, sftp_server):
+    sftp_server.auth_gate = threading.Event()
+    first = uploading_app.start(*uploading_app.base_args, "--timeout", "30")
+    try:
+        assert sftp_server.auth_waiting.wait(20), "the first run never reached the server"
+        output_before = uploading_app.output.stat().st_mtime_ns
+        second = uploading_app.run(*uploading_app.base_args)
+        assert second.returncode == 75
+        assert "another clever_export run holds" in second.stderr
+        assert uploading_app.output.stat().st_mtime_ns == output_before
+    finally:
+        sftp_server.auth_gate.set()
+        first.communicate(timeout=30)
+    assert first.returncode == 0
+    assert sftp_server.remote().read_bytes() == uploading_app.output.read_bytes()
+
+
+def test_a_lock_left_by_a_killed_run_does_not_block_the_next(uploading_app, sftp_server):
+    sftp_server.auth_gate = threading.Event()
+    first = uploading_app.start(*uploading_app.base_args, "--timeout", "30")
+    assert sftp_server.auth_waiting.wait(20)
+    first.kill()  # as a crash or a reboot would
+    first.communicate(timeout=10)
+    sftp_server.auth_gate.set()
+    assert (uploading_app.root / "clever_export.lock").exists()
+    assert uploading_app.run(*uploading_app.base_args).returncode == 0
+
+
+def write_state(app, students):
+    (app.root / "clever_export.state.json").write_text(json.dumps({"last_upload": {"students": students}}))
+
+
+def test_collapsed_count_is_refused_then_forced(uploading_app, sftp_server):
+    write_state(uploading_app, 100)  # last night: 100 students; tonight: 10
+    sftp_server.remote().write_bytes(b"last night\n")
+    result = uploading_app.run(*uploading_app.base_args)
+    assert result.returncode == 5
+    assert "10 students, 90.0% fewer than the 100 of the last upload" in result.stderr
+    assert sftp_server.remote().read_bytes() == b"last night\n" and sftp_server.connections == 0
+    assert uploading_app.output.read_text().count("\n") == 10  # kept for inspection
+    forced = uploading_app.run(*uploading_app.base_args, "--force")
+    assert forced.returncode == 0
+    assert sftp_server.remote().read_bytes() == uploading_app.output.read_bytes()
+    state = json.loads((uploading_app.root / "clever_export.state.json").read_text())
+    assert state["last_upload"]["students"] == 10
+
+
+def test_drop_within_the_limit_uploads_and_the_limit_is_a_flag(uploading_app, sftp_server):
+    write_state(uploading_app, 12)  # 16.7% fewer
+    assert uploading_app.run(*uploading_app.base_args).returncode == 0
+    write_state(uploading_app, 12)
+    assert uploading_app.run(*uploading_app.base_args, "--max-drop", "10").returncode == 5
+
+
+def test_zero_students_exits_5_and_uploads_nothing(uploading_app, sftp_server, db):
+    result = uploading_app.run("--sqlite", str(db([Student(1, enroll=2)])), "--timeout", "5")
+    assert result.returncode == 5 and "0 students" in result.stderr
+    assert sftp_server.connections == 0 and remote_names(sftp_server) == []
+
+
+def test_check_passes_on_a_good_setup(uploading_app, sftp_server):
+    result = uploading_app.run("--check", "--sqlite", str(uploading_app.db_path), "--timeout", "5")
+    assert result.returncode == 0, result.stdout
+    lines = result.stdout.splitlines()
+    assert all(line.startswith("[ ok ]") for line in lines[:-1]) and lines[-1] == "all checks passed"
+    for label in ("SFTP variables", "known_hosts", "table studentrace readable", "SFTP login",
+                  "remote directory /sftp/clever/ writable"):  # fmt: skip
+        assert any(label in line for line in lines), label
+    assert remote_names(sftp_server) == []  # the probe file was removed
+    assert not uploading_app.output.exists()
+
+
+def test_check_reports_each_failure_and_exits_with_the_first(uploading_app, sftp_server):
+    env = {"D118_SFTP_PASSWORD": "wrong"}
+    result = uploading_app.run("--check", "--sqlite", str(uploading_app.db_path), "--timeout", "5", env=env)
+    assert result.returncode == 4
+    assert any(line.startswith("[FAIL] SFTP login") for line in result.stdout.splitlines())
+    assert "[ ok ] table students readable" in result.stdout
+    uploading_app.known_hosts.write_text("# nothing\n")
+    result = uploading_app.run("--check", "--remote-dir", "/nope", env={"POWERSCHOOL_READ_USER": "x"})
+    assert result.returncode == 2  # missing database variables come first
+    assert "[FAIL] database variables set" in result.stdout
+    assert "[FAIL] known_hosts" in result.stdout
+
+
+def test_check_finds_an_unwritable_remote_directory(uploading_app, sftp_server):
+    result = uploading_app.run("--check", "--sqlite", str(uploading_app.db_path), "--remote-dir", "/missing")
+    assert result.returncode == 4
+    assert "[FAIL] remote directory /missing writable" in result.stdout
+
+
+def test_pings_start_success_and_fail_with_log_lines(uploading_app, sftp_server, ping_server):
+    assert uploading_app.run(*uploading_app.base_args, "--ping-url", ping_server.url).returncode == 0
+    assert [path for path, _ in ping_server.pings] == ["/ping/abc/start", "/ping/abc"]
+    ping_server.pings.clear()
+    result = uploading_app.run(*uploading_app.base_args, "--ping-url", ping_server.url,
+                               env={"D118_SFTP_PASSWORD": "wrong"})  # fmt: skip
+    assert result.returncode == 4
+    assert [path for path, _ in ping_server.pings] == ["/ping/abc/start", "/ping/abc/fail"]
+    assert "SFTP login as clever" in ping_server.pings[1][1] and "export started" in ping_server.pings[1][1]
+
+
+def test_a_failing_ping_only_warns(uploading_app, sftp_server, silent_listener):
+    url = "http://127.0.0.1:1/unreachable"
+    result = uploading_app.run(*uploading_app.base_args, "--ping-url", url)
+    assert result.returncode == 0
+    assert "WARNING: monitoring ping" in result.stderr
+
+
+def test_logs_rotate_and_stay_bounded(monkeypatch, tmp_path, db):
+    monkeypatch.setattr(ce, "LOG_MAX_BYTES", 2_000)
+    monkeypatch.setattr(ce, "DEFAULT_LOCK_FILE", tmp_path / "lock")
+    log = tmp_path / "export.log"
+    path = str(db([Student(1)]))
+    for _ in range(40):
+        ce.main(["--sqlite", path, "--no-upload", "-q", "-v", "--log-file", str(log),
+                 "--output", str(tmp_path / "o.txt")], environ={})  # fmt: skip
+    logs = sorted(p.name for p in tmp_path.glob("export.log*"))
+    assert logs == ["export.log", *(f"export.log.{i}" for i in range(1, ce.LOG_BACKUPS + 1))]
+    assert all(p.stat().st_size <= 2_000 + 1_000 for p in tmp_path.glob("export.log*"))
