@@ -174,11 +174,10 @@ ORDER BY s.student_number"""
 # Extension tables are one row per student by design; grouping them anyway
 # means a stray second row can neither duplicate nor drop a student.
 
-# Every query returns these columns (by name, in any order).
-BASE_COLUMNS = ("dcid", "student_number", "first_name", "last_name", "fedethnicity", "lep")
-STATE_RACE_COLUMNS = ("state_race",)
-STUDENTRACE_COLUMNS = ("race_code", "race_count")
-CURRENT_COLUMNS = ("current_hispanic", "current_race", "current_ell")
+# The query's columns, by name in any order: always dcid, student_number,
+# first_name and last_name; then what each output field is made from.
+VALUE_FIELDS = ("Hispanic_Latino", "Race", "ELL")
+CURRENT_COLUMN_OF = {"Hispanic_Latino": "current_hispanic", "Race": "current_race", "ELL": "current_ell"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,13 +212,32 @@ class Profile:
     current_race: str = "custom_race"
     current_ell: str = "custom_lep"
 
+    def value_fields(self) -> tuple[str, ...]:
+        """The output columns other than student_number, in file order."""
+        return tuple(column for column in self.columns if column != "student_number")
+
     def required_columns(self) -> tuple[str, ...]:
-        columns = BASE_COLUMNS
-        if self.race_source == "state":
-            columns += STATE_RACE_COLUMNS
-        if self.race_source == "studentrace" or self.studentrace_codes:
-            columns += STUDENTRACE_COLUMNS
-        return columns
+        """What the query must return for the fields this profile writes."""
+        columns = ["dcid", "student_number", "first_name", "last_name"]
+        fields = self.value_fields()
+        if "Hispanic_Latino" in fields:
+            columns.append("fedethnicity")
+        if "ELL" in fields:
+            columns.append("lep")
+        if "Race" in fields and self.race_source == "state":
+            columns.append("state_race")
+        if "Race" in fields and (self.race_source == "studentrace" or self.studentrace_codes):
+            columns += ["race_code", "race_count"]
+        return tuple(columns)
+
+    def current_columns(self) -> dict[str, str]:
+        """Query column -> custom field holding PowerSchool's current value."""
+        source = {
+            "Hispanic_Latino": self.current_hispanic,
+            "Race": self.current_race,
+            "ELL": self.current_ell,
+        }
+        return {CURRENT_COLUMN_OF[field]: source[field] for field in self.value_fields()}
 
     def can_compare(self) -> bool:
         return bool(self.current_table)
@@ -498,14 +516,14 @@ def export_query(profile: Profile, with_current_values: bool) -> str:
     """The one statement a run executes, portable to Oracle and SQLite."""
     if not with_current_values:
         return profile.query
-    # Wrap the profile's query; grouping keeps one row per student.
+    # Wrap the profile's query, so that it stays one statement; grouping
+    # keeps one row per student even if the custom table holds two.
     table, key = profile.current_table, profile.current_key
+    current = profile.current_columns()
     return (
-        f"SELECT q.*, c.current_hispanic, c.current_race, c.current_ell\n"
+        f"SELECT q.*, {', '.join(f'c.{name}' for name in current)}\n"
         f"FROM ({profile.query}) q\n"
-        f"LEFT JOIN (SELECT {key}, MAX({profile.current_hispanic}) current_hispanic,\n"
-        f"                  MAX({profile.current_race}) current_race,\n"
-        f"                  MAX({profile.current_ell}) current_ell\n"
+        f"LEFT JOIN (SELECT {key}, {', '.join(f'MAX({field}) {name}' for name, field in current.items())}\n"
         f"           FROM {table} GROUP BY {key}) c\n"
         f"       ON c.{key} = q.dcid\n"
         f"ORDER BY q.student_number"
@@ -738,7 +756,8 @@ class RowMapper:
         self._hispanic: dict[Any, Letter] = {}
         self._ell: dict[Any, Letter] = {}
         self._race: dict[tuple, Letter] = {}
-        self.compares = all(name in columns for name in CURRENT_COLUMNS)
+        self.fields = profile.value_fields()
+        self.compares = all(name in columns for name in profile.current_columns())
 
     def _get(self, row: tuple, name: str) -> Any:
         index = self._index.get(name)
@@ -768,14 +787,16 @@ class RowMapper:
         values = StudentValues(student_number, hispanic, race, ell)
         if not self.compares:
             return Outcome(values)
-        return Outcome(values, changes=changed_fields(values, row, self._index))
+        return Outcome(values, changes=changed_fields(values, row, self._index, self.fields))
 
 
-def changed_fields(values: StudentValues, row: tuple, columns: dict[str, int]) -> tuple[str, ...]:
+def changed_fields(
+    values: StudentValues, row: tuple, columns: dict[str, int], fields: Iterable[str] = VALUE_FIELDS
+) -> tuple[str, ...]:
     """Each field whose new value differs from what PowerSchool holds now."""
     changes = []
-    for field, current_column in zip(("Hispanic_Latino", "Race", "ELL"), CURRENT_COLUMNS, strict=True):
-        current = row[columns[current_column]]
+    for field in fields:
+        current = row[columns[CURRENT_COLUMN_OF[field]]]
         current_text = "" if current is None else str(current).strip()
         new = getattr(values, field).value
         if current_text != new:
@@ -812,21 +833,22 @@ def describe_mapping(values: StudentValues, row: tuple, columns: dict[str, int])
 class Summary:
     """Counts for the summary line and the --dry-run report."""
 
+    fields: tuple[str, ...] = VALUE_FIELDS
     active: int = 0  # active students exported (before --changed-only)
     written: int = 0
     skipped: int = 0
     changed: int = 0
     compared: bool = False
-    values: dict[str, collections.Counter] = dataclasses.field(
-        default_factory=lambda: {field: collections.Counter() for field in OUTPUT_COLUMNS[1:]}
-    )
-    blank_reasons: dict[str, collections.Counter] = dataclasses.field(
-        default_factory=lambda: {field: collections.Counter() for field in OUTPUT_COLUMNS[1:]}
-    )
+    values: dict[str, collections.Counter] = dataclasses.field(init=False)
+    blank_reasons: dict[str, collections.Counter] = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.values = {field: collections.Counter() for field in self.fields}
+        self.blank_reasons = {field: collections.Counter() for field in self.fields}
 
     def count(self, values: StudentValues) -> None:
         self.active += 1
-        for field in OUTPUT_COLUMNS[1:]:
+        for field in self.fields:
             letter = getattr(values, field)
             self.values[field][letter.value] += 1
             if not letter.value:
@@ -837,16 +859,15 @@ class Summary:
 
     def line(self, seconds: float) -> str:
         changed = f", changed {self.changed}" if self.compared else ""
+        blanks = "".join(f", blank {field} {self.blanks(field)}" for field in self.fields)
         return (
             f"summary: written {self.written}, skipped {self.skipped}, active {self.active}"
-            f"{changed}, blank Hispanic_Latino {self.blanks('Hispanic_Latino')}, "
-            f"blank Race {self.blanks('Race')}, blank ELL {self.blanks('ELL')}, "
-            f"seconds {seconds:.2f}"
+            f"{changed}{blanks}, seconds {seconds:.2f}"
         )
 
     def report(self) -> str:
         lines = ["dry run: nothing uploaded", f"  active students: {self.active}"]
-        for field in OUTPUT_COLUMNS[1:]:
+        for field in self.fields:
             counts = ", ".join(
                 f"{value or 'blank'} {count}" for value, count in sorted(self.values[field].items())
             )
@@ -1305,8 +1326,8 @@ def run_export(options: RunOptions, environ: dict[str, str]) -> Summary:
     compare = options.changed_only or (options.dry_run and profile.can_compare())
     if options.changed_only and not profile.can_compare():
         raise ConfigError("--changed-only needs current_values.table in the profile")
-    required = profile.required_columns() + (CURRENT_COLUMNS if compare else ())
-    summary = Summary(compared=compare)
+    required = profile.required_columns() + (tuple(profile.current_columns()) if compare else ())
+    summary = Summary(fields=profile.value_fields(), compared=compare)
     with RunLock(options.lock_path):
         LOG.info("export started: profile %s, source %s", profile.name, options.source)
         connection = open_source(options, environ)
