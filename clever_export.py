@@ -55,6 +55,7 @@ import decimal
 import json
 import logging
 import logging.handlers
+import operator
 import os
 import posixpath
 import re
@@ -734,6 +735,9 @@ class StudentValues(NamedTuple):
     ELL: Letter
 
 
+Letters = tuple[Letter, Letter, Letter]  # Hispanic_Latino, Race, ELL
+
+
 class Outcome(NamedTuple):
     """What became of one row: written values, or why the student was skipped."""
 
@@ -742,52 +746,83 @@ class Outcome(NamedTuple):
     changes: tuple[str, ...] = ()  # "Race W -> M", against current values
 
 
-class RowMapper:
-    """Turns rows of the export query into StudentValues. Pure: no I/O.
+# The query columns each output value is made from, in RowMapper's key order.
+CODE_COLUMNS = ("fedethnicity", "lep", "state_race", "race_code", "race_count")
 
-    Mapping results are memoised by raw value: a district has a handful of
-    distinct codes, so 1M rows cost 1M dictionary look-ups, not 1M parses.
+
+class RowMapper:
+    """Turns rows of the export query into Clever's values. Pure: no I/O.
+
+    A district has a handful of distinct code combinations, so the letters are
+    memoised by the row's raw codes: a million rows cost a million dictionary
+    look-ups, not a million parses.  Lines are memoised the same way, around
+    the student number.
     """
 
     def __init__(self, profile: Profile, columns: dict[str, int], exclude_names: Iterable[str]):
         self.profile = profile
-        self.excluded = frozenset(n.strip().casefold() for n in exclude_names if n.strip())
-        self._index = columns
-        self._hispanic: dict[Any, Letter] = {}
-        self._ell: dict[Any, Letter] = {}
-        self._race: dict[tuple, Letter] = {}
+        self.columns = columns
         self.fields = profile.value_fields()
+        self.excluded = frozenset(n.strip().casefold() for n in exclude_names if n.strip())
         self.compares = all(name in columns for name in profile.current_columns())
+        self._number_at = columns["student_number"]
+        self._names_at = tuple(columns[n] for n in ("first_name", "last_name") if n in columns)
+        present = [name for name in CODE_COLUMNS if name in columns]
+        self._code_names = tuple(present)
+        self._codes_of = _tuple_getter([columns[name] for name in present])
+        self._letters: dict[tuple, Letters] = {}
+        self._line_parts: dict[Letters, tuple[str, str]] = {}
 
-    def _get(self, row: tuple, name: str) -> Any:
-        index = self._index.get(name)
-        return None if index is None else row[index]
+    def letters(self, row: tuple) -> tuple[str | None, Letters | str]:
+        """(student_number, letters), or (None, why the student is skipped)."""
+        raw_number = row[self._number_at]
+        number = str(raw_number) if type(raw_number) is int else student_number_text(raw_number)
+        if number is None:
+            return None, f"student DCID {row[self.columns['dcid']]} has no numeric student_number"
+        if self.excluded:
+            for at in self._names_at:
+                name = row[at]
+                if name is not None and str(name).strip().casefold() in self.excluded:
+                    return None, f"student {number}: test-student name {name!r}"
+        codes = self._codes_of(row)
+        letters = self._letters.get(codes)
+        if letters is None:
+            letters = self._letters[codes] = self._decode(codes)
+        return number, letters
+
+    def _decode(self, codes: tuple) -> Letters:
+        """Letters for one combination of raw codes; absent columns read as NULL."""
+        value = dict(zip(self._code_names, codes, strict=True)).get
+        profile = self.profile
+        return (
+            hispanic_letter(value("fedethnicity"), profile),
+            race_letter(value("state_race"), value("race_code"), value("race_count"), profile),
+            ell_letter(value("lep"), profile),
+        )
 
     def map_row(self, row: tuple) -> Outcome:
-        get = self._get
-        student_number = student_number_text(get(row, "student_number"))
-        if student_number is None:
-            return Outcome(None, f"student DCID {get(row, 'dcid')} has no numeric student_number")
-        if self.excluded:
-            for name in (get(row, "first_name"), get(row, "last_name")):
-                if name is not None and str(name).strip().casefold() in self.excluded:
-                    return Outcome(None, f"student {student_number}: test-student name {name!r}")
-        fedethnicity = get(row, "fedethnicity")
-        hispanic = self._hispanic.get(fedethnicity)
-        if hispanic is None:
-            hispanic = self._hispanic[fedethnicity] = hispanic_letter(fedethnicity, self.profile)
-        lep = get(row, "lep")
-        ell = self._ell.get(lep)
-        if ell is None:
-            ell = self._ell[lep] = ell_letter(lep, self.profile)
-        race_key = (get(row, "state_race"), get(row, "race_code"), get(row, "race_count"))
-        race = self._race.get(race_key)
-        if race is None:
-            race = self._race[race_key] = race_letter(*race_key, self.profile)
-        values = StudentValues(student_number, hispanic, race, ell)
+        number, letters = self.letters(row)
+        if number is None:
+            return Outcome(None, letters)
+        values = StudentValues(number, *letters)
         if not self.compares:
             return Outcome(values)
-        return Outcome(values, changes=changed_fields(values, row, self._index, self.fields))
+        return Outcome(values, changes=changed_fields(values, row, self.columns, self.fields))
+
+    def line(self, number: str, letters: Letters) -> str:
+        """The file line (without LF) in the profile's column order."""
+        parts = self._line_parts.get(letters)
+        if parts is None:
+            template = output_line(StudentValues("\0", *letters), self.profile.columns)
+            parts = self._line_parts[letters] = tuple(template.split("\0"))
+        return parts[0] + number + parts[1]
+
+
+def _tuple_getter(indexes: list[int]) -> Callable[[tuple], tuple]:
+    """Like operator.itemgetter, but always returns a tuple."""
+    if len(indexes) >= 2:
+        return operator.itemgetter(*indexes)
+    return lambda row: tuple(row[i] for i in indexes)
 
 
 def changed_fields(
@@ -834,28 +869,30 @@ class Summary:
     """Counts for the summary line and the --dry-run report."""
 
     fields: tuple[str, ...] = VALUE_FIELDS
-    active: int = 0  # active students exported (before --changed-only)
     written: int = 0
     skipped: int = 0
     changed: int = 0
     compared: bool = False
-    values: dict[str, collections.Counter] = dataclasses.field(init=False)
-    blank_reasons: dict[str, collections.Counter] = dataclasses.field(init=False)
-
-    def __post_init__(self) -> None:
-        self.values = {field: collections.Counter() for field in self.fields}
-        self.blank_reasons = {field: collections.Counter() for field in self.fields}
+    # Students per combination of letters; every other count derives from it.
+    combinations: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
     def count(self, values: StudentValues) -> None:
-        self.active += 1
-        for field in self.fields:
-            letter = getattr(values, field)
-            self.values[field][letter.value] += 1
-            if not letter.value:
-                self.blank_reasons[field][letter.reason] += 1
+        self.combinations[values.Hispanic_Latino, values.Race, values.ELL] += 1
+
+    @property
+    def active(self) -> int:
+        """Active students exported (before --changed-only)."""
+        return self.combinations.total()
+
+    def letter_counts(self, field: str) -> collections.Counter:
+        position = VALUE_FIELDS.index(field)
+        counts: collections.Counter = collections.Counter()
+        for letters, students in self.combinations.items():
+            counts[letters[position]] += students
+        return counts
 
     def blanks(self, field: str) -> int:
-        return self.values[field][""]
+        return sum(n for letter, n in self.letter_counts(field).items() if not letter.value)
 
     def line(self, seconds: float) -> str:
         changed = f", changed {self.changed}" if self.compared else ""
@@ -868,12 +905,16 @@ class Summary:
     def report(self) -> str:
         lines = ["dry run: nothing uploaded", f"  active students: {self.active}"]
         for field in self.fields:
-            counts = ", ".join(
-                f"{value or 'blank'} {count}" for value, count in sorted(self.values[field].items())
-            )
+            by_letter = self.letter_counts(field)
+            values: collections.Counter = collections.Counter()
+            reasons: collections.Counter = collections.Counter()
+            for letter, students in by_letter.items():
+                values[letter.value] += students
+                if not letter.value:
+                    reasons[letter.reason] += students
+            counts = ", ".join(f"{value or 'blank'} {n}" for value, n in sorted(values.items()))
             lines.append(f"  {field}: {counts or 'none'}")
-            for reason, count in self.blank_reasons[field].most_common():
-                lines.append(f"    blank, {reason}: {count}")
+            lines.extend(f"    blank, {reason}: {n}" for reason, n in reasons.most_common())
         lines.append(f"  skipped: {self.skipped}")
         if self.compared:
             lines.append(f"  would change: {self.changed} of {self.active}")
@@ -887,24 +928,28 @@ def export_lines(
 ) -> Iterator[str]:
     """Lines for the file; counts every student into `summary` as it goes."""
     detail = LOG.isEnabledFor(logging.DEBUG)
-    columns = mapper.profile.columns
+    compares = mapper.compares
+    combinations = summary.combinations
     for row in rows:
-        outcome = mapper.map_row(row)
-        if outcome.values is None:
+        number, letters = mapper.letters(row)
+        if number is None:
             summary.skipped += 1
-            LOG.debug("skipped %s", outcome.skip_reason)
+            LOG.debug("skipped %s", letters)
             continue
-        summary.count(outcome.values)
-        if detail:
-            LOG.debug("%s", describe_mapping(outcome.values, row, mapper._index))
-        if outcome.changes:
-            summary.changed += 1
-            if changed_only:
-                LOG.info("student %s: %s", outcome.values.student_number, "; ".join(outcome.changes))
-        if changed_only and not outcome.changes:
-            continue
+        combinations[letters] += 1
+        if detail or compares:
+            values = StudentValues(number, *letters)
+            if detail:
+                LOG.debug("%s", describe_mapping(values, row, mapper.columns))
+            changes = changed_fields(values, row, mapper.columns, mapper.fields) if compares else ()
+            if changes:
+                summary.changed += 1
+                if changed_only:
+                    LOG.info("student %s: %s", number, "; ".join(changes))
+            elif changed_only:
+                continue
         summary.written += 1
-        yield output_line(outcome.values, columns)
+        yield mapper.line(number, letters)
 
 
 # =============================================================================
@@ -925,8 +970,7 @@ def write_export(lines: Iterable[str], path: Path, header: Iterable[str] | None 
             if header is not None:
                 handle.write("\t".join(header) + "\n")
             for line in lines:
-                handle.write(line)
-                handle.write("\n")
+                handle.write(line + "\n")
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp_name, path)
