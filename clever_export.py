@@ -334,8 +334,8 @@ def _normalise_profile_value(key: str, value: Any, source: str) -> Any:
     if isinstance(value, dict):
         mapping = {}
         for code, letter in value.items():
-            if not isinstance(letter, str):
-                raise ConfigError(f"{source}: {key}.{code} must be a letter string")
+            if not isinstance(letter, str) or code_text(code) is None:
+                raise ConfigError(f'{source}: {key}."{code}" must map a code to a letter string')
             mapping[code_text(code)] = letter.strip().upper()
         return mapping
     return value
@@ -1137,9 +1137,7 @@ def put_atomically(session, local_path: Path, remote_dir: str, final_name: str) 
     final_path = posixpath.join(remote_dir, final_name)
     partial_path = posixpath.join(remote_dir, f".{final_name}.partial")
     local_size = local_path.stat().st_size
-    session.put(str(local_path), partial_path, confirm=True)
-    if session.stat(partial_path).st_size != local_size:
-        raise TransientSftpError(f"uploaded size of {partial_path} differs from {local_size} bytes")
+    session.put(str(local_path), partial_path, confirm=True)  # confirm: checks the partial's size
     try:
         session.posix_rename(partial_path, final_path)
     except (FileNotFoundError, PermissionError):
@@ -1351,21 +1349,29 @@ class RunOptions:
     retry_wait: float
 
 
-def open_source(options: RunOptions, environ: dict[str, str]):
+def open_source(options: RunOptions, database: DatabaseSettings | None):
     if options.source == "demo":
         return connect_demo()
     if options.source == "sqlite":
         return connect_sqlite(options.sqlite_path)
-    return connect_oracle(database_settings(environ), options.timeout)
+    return connect_oracle(database, options.timeout)
+
+
+def describe_source(options: RunOptions, database: DatabaseSettings | None) -> str:
+    if options.source == "oracle":
+        return f"Oracle {database.dsn} as {database.user}"
+    return "demo data" if options.source == "demo" else f"SQLite {options.sqlite_path}"
 
 
 def run_export(options: RunOptions, environ: dict[str, str]) -> Summary:
     started = time.monotonic()
     profile = options.profile
+    # Every setting is read and checked before the database is touched.
+    database = database_settings(environ) if options.source == "oracle" else None
     sftp = None
     if options.upload:
         sftp = sftp_settings(environ)
-        load_known_hosts(options.known_hosts_path, sftp)  # fail before the query, not after
+        load_known_hosts(options.known_hosts_path, sftp)
 
     compare = options.changed_only or (options.dry_run and profile.can_compare())
     if options.changed_only and not profile.can_compare():
@@ -1373,8 +1379,8 @@ def run_export(options: RunOptions, environ: dict[str, str]) -> Summary:
     required = profile.required_columns() + (tuple(profile.current_columns()) if compare else ())
     summary = Summary(fields=profile.value_fields(), compared=compare)
     with RunLock(options.lock_path):
-        LOG.info("export started: profile %s, source %s", profile.name, options.source)
-        connection = open_source(options, environ)
+        LOG.info("export started: profile %s, %s", profile.name, describe_source(options, database))
+        connection = open_source(options, database)
         try:
             columns, rows = stream_rows(connection, export_query(profile, compare), required)
             mapper = RowMapper(profile, columns, options.exclude_names)
@@ -1435,7 +1441,9 @@ def run_check(options: RunOptions, environ: dict[str, str]) -> int:
         lambda: load_known_hosts(options.known_hosts_path, sftp),
     )
     if database or options.source != "oracle":
-        connection = check(f"database login ({options.source})", lambda: open_source(options, environ))
+        connection = check(
+            f"database login ({describe_source(options, database)})", lambda: open_source(options, database)
+        )
         if connection:
             for table in options.profile.tables:
                 check(f"table {table} readable", lambda table=table: _probe_table(connection, table))

@@ -85,9 +85,9 @@ def build_database(path: Path, students: int, seed: int = 118) -> None:
     temp.replace(path)
 
 
-def database_for(students: int) -> Path:
-    DATA_DIR.mkdir(exist_ok=True)
-    path = DATA_DIR / f"powerschool_{students}.sqlite"
+def database_for(students: int, data_dir: Path = DATA_DIR) -> Path:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / f"powerschool_{students}.sqlite"
     if not path.exists():
         started = time.monotonic()
         build_database(path, students)
@@ -235,6 +235,7 @@ def main() -> int:
     parser.add_argument("--latency-ms", type=float, default=1.0, help="simulated round trip per query")
     parser.add_argument("--original-max", type=int, default=20_000,
                         help="largest size to run the one-query-per-student shape at (it is slow)")  # fmt: skip
+    parser.add_argument("--data-dir", type=Path, default=DATA_DIR, help="where the databases are cached")
     parser.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
     parser.add_argument("--db", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
@@ -244,7 +245,7 @@ def main() -> int:
         child(args.child, args.db, latency, args.output)
         return 0
 
-    databases = {size: database_for(size) for size in args.sizes}
+    databases = {size: database_for(size, args.data_dir) for size in args.sizes}
     print(f"latency {args.latency_ms:g} ms per query; Python {sys.version.split()[0]}; "
           f"{os.cpu_count()} CPUs; {sys.platform}")  # fmt: skip
     print(f"{'students':>9} {'contender':<9} {'seconds':>8} {'x floor':>8} {'peak MB':>8} {'queries':>8}")

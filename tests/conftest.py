@@ -173,6 +173,8 @@ class SftpServer:
     cut_connections: connection numbers (1 = first) whose upload is cut after
     cut_after_bytes have been written; "all" cuts every one.
     auth_gate: when set to an Event, logins wait for it (to hold a run open).
+    posix_rename: False makes the server refuse posix-rename@openssh.com, as
+    some SFTP servers do, leaving only SFTPv3's rename (which will not replace).
     """
 
     username = "clever"
@@ -194,6 +196,7 @@ class SftpServer:
         self.cut_connections: set[int] | str = set()
         self.cut_after_bytes = 40_000
         self.auth_gate: threading.Event | None = None
+        self.posix_rename = True
         self.auth_waiting = threading.Event()
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -235,6 +238,11 @@ class SftpServer:
                         self.connection.abort()
                         return
                 return super().write(file_obj, offset, data)
+
+            def posix_rename(self, oldpath, newpath):
+                if not fixture.posix_rename:
+                    raise asyncssh.SFTPOpUnsupported("posix-rename not supported")
+                return super().posix_rename(oldpath, newpath)
 
         return await asyncssh.create_server(
             Server, "127.0.0.1", 0,

@@ -156,3 +156,36 @@ def test_openssh_wrong_host_key(app, db, openssh_server):
                      env=openssh_env(openssh_server))  # fmt: skip
     assert result.returncode == 4 and "does not match known_hosts" in result.stderr
     assert os.listdir(openssh_server.remote_dir) == []
+
+
+def test_servers_without_posix_rename_still_get_the_file_replaced(uploading_app, sftp_server):
+    sftp_server.posix_rename = False
+    sftp_server.remote().write_bytes(b"yesterday\n")
+    result = uploading_app.run(*uploading_app.base_args)
+    assert result.returncode == 0, result.stderr
+    assert sftp_server.remote().read_bytes() == uploading_app.output.read_bytes()
+    assert remote_names(sftp_server) == ["raceethnicity.txt"]  # no .previous or .partial left
+    sftp_server.remote().unlink()  # and the first upload, with nothing to replace
+    assert uploading_app.run(*uploading_app.base_args).returncode == 0
+    assert remote_names(sftp_server) == ["raceethnicity.txt"]
+
+
+def test_missing_remote_directory_exits_4_saying_so(uploading_app, sftp_server):
+    result = uploading_app.run(*uploading_app.base_args, "--remote-dir", "/not/there")
+    assert result.returncode == 4
+    assert "create the remote directory or fix --remote-dir" in result.stderr
+    assert sftp_server.connections == 1  # not a network failure: not retried
+
+
+def test_encrypted_key_without_passphrase_says_which_variable(uploading_app, sftp_server):
+    env = {"D118_SFTP_PASSWORD": "", "D118_SFTP_KEY_FILE": str(sftp_server.key_file)}
+    result = uploading_app.run(*uploading_app.base_args, env=env)
+    assert result.returncode == 4
+    assert "D118_SFTP_KEY_PASSPHRASE" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unreadable_key_file_is_a_configuration_error(uploading_app, sftp_server, tmp_path):
+    env = {"D118_SFTP_PASSWORD": "", "D118_SFTP_KEY_FILE": str(tmp_path / "missing_key")}
+    result = uploading_app.run(*uploading_app.base_args, env=env)
+    assert result.returncode == 2 and "D118_SFTP_KEY_FILE" in result.stderr
+    assert sftp_server.connections == 0
