@@ -1544,11 +1544,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="clever_export.py",
-        description=(
-            "Export every active student's Hispanic_Latino, Race and ELL values from "
-            "PowerSchool to a tab-delimited file on the district's SFTP server, for a "
-            "PowerSchool AutoComm import that Clever syncs."
-        ),
+        # The manual's first page is the module docstring, up to its Guarantees.
+        description=__doc__.split("\nGuarantees\n")[0],
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -151,3 +151,8 @@ def test_secrets_are_redacted_even_if_a_message_carries_one(monkeypatch, capsys,
     captured = capsys.readouterr()
     assert SECRET_DB_PASSWORD not in captured.out + captured.err + log.read_text()
     assert "***" in captured.err
+
+
+def test_version(app):
+    result = app.run("--version")
+    assert result.returncode == 0 and result.stdout.startswith(f"clever_export.py {ce.__version__}")

@@ -189,3 +189,10 @@ def test_unreadable_key_file_is_a_configuration_error(uploading_app, sftp_server
     result = uploading_app.run(*uploading_app.base_args, env=env)
     assert result.returncode == 2 and "D118_SFTP_KEY_FILE" in result.stderr
     assert sftp_server.connections == 0
+
+
+def test_show_host_key_of_an_unreachable_server_exits_4(app, silent_listener):
+    env = {"D118_SFTP_ADDRESS": "127.0.0.1", "D118_SFTP_PORT": str(silent_listener)}
+    result = app.run("--show-host-key", "--timeout", "1", env=env, timeout=30)
+    assert result.returncode == 4 and "SFTP connection to 127.0.0.1" in result.stderr
+    assert result.stdout == "" and result.seconds < 10
