@@ -741,14 +741,6 @@ class StudentValues(NamedTuple):
 Letters = tuple[Letter, Letter, Letter]  # Hispanic_Latino, Race, ELL
 
 
-class Outcome(NamedTuple):
-    """What became of one row: written values, or why the student was skipped."""
-
-    values: StudentValues | None
-    skip_reason: str = ""
-    changes: tuple[str, ...] = ()  # "Race W -> M", against current values
-
-
 # The query columns each output value is made from, in RowMapper's key order.
 CODE_COLUMNS = ("fedethnicity", "lep", "state_race", "race_code", "race_count")
 
@@ -802,15 +794,6 @@ class RowMapper:
             race_letter(value("state_race"), value("race_code"), value("race_count"), profile),
             ell_letter(value("lep"), profile),
         )
-
-    def map_row(self, row: tuple) -> Outcome:
-        number, letters = self.letters(row)
-        if number is None:
-            return Outcome(None, letters)
-        values = StudentValues(number, *letters)
-        if not self.compares:
-            return Outcome(values)
-        return Outcome(values, changes=changed_fields(values, row, self.columns, self.fields))
 
     def line(self, number: str, letters: Letters) -> str:
         """The file line (without LF) in the profile's column order."""
@@ -879,8 +862,8 @@ class Summary:
     # Students per combination of letters; every other count derives from it.
     combinations: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
-    def count(self, values: StudentValues) -> None:
-        self.combinations[values.Hispanic_Latino, values.Race, values.ELL] += 1
+    def count(self, letters: Letters) -> None:
+        self.combinations[letters] += 1
 
     @property
     def active(self) -> int:
@@ -932,14 +915,13 @@ def export_lines(
     """Lines for the file; counts every student into `summary` as it goes."""
     detail = LOG.isEnabledFor(logging.DEBUG)
     compares = mapper.compares
-    combinations = summary.combinations
     for row in rows:
         number, letters = mapper.letters(row)
         if number is None:
             summary.skipped += 1
             LOG.debug("skipped %s", letters)
             continue
-        combinations[letters] += 1
+        summary.count(letters)
         if detail or compares:
             values = StudentValues(number, *letters)
             if detail:

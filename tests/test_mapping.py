@@ -93,46 +93,56 @@ def mapper(exclude=("TEST",), profile=ILLINOIS, columns=COLUMNS):
     return ce.RowMapper(profile, columns, exclude)
 
 
+def line_of(row, **kwargs):
+    """The file line for a row, or None if the student is skipped."""
+    m = mapper(**kwargs)
+    number, letters = m.letters(row)
+    return None if number is None else m.line(number, letters)
+
+
 def test_row_to_line():
-    outcome = mapper().map_row((1, 1013.0, "Zoë", "Muñoz", " 1 ", "11", None, None, None))
-    assert ce.output_line(outcome.values, ce.OUTPUT_COLUMNS) == "1013\tY\t\tN"
-    outcome = mapper().map_row((2, 1014, "Ann", "Lee", 0, 15.0, "1", None, None))
-    assert ce.output_line(outcome.values, ce.OUTPUT_COLUMNS) == "1014\tN\tP\tY"
+    assert line_of((1, 1013.0, "Zoë", "Muñoz", " 1 ", "11", None, None, None)) == "1013\tY\t\tN"
+    assert line_of((2, 1014, "Ann", "Lee", 0, 15.0, "1", None, None)) == "1014\tN\tP\tY"
+
+
+def test_lines_follow_the_profiles_column_order():
+    profile = ce.Profile(columns=("Race", "student_number", "ELL"))
+    assert line_of((2, 1014, "Ann", "Lee", 0, 15, 1, None, None), profile=profile) == "P\t1014\tY"
 
 
 @pytest.mark.parametrize(
     ("first", "last"), [("Test", "Doe"), ("Pat", "TEST"), (" test ", "x"), ("Ann", "tEsT")]
 )
 def test_test_students_are_skipped_case_insensitively(first, last):
-    outcome = mapper().map_row((1, 1, first, last, 0, 16, 0, None, None))
-    assert outcome.values is None and "test-student" in outcome.skip_reason
+    number, reason = mapper().letters((1, 1, first, last, 0, 16, 0, None, None))
+    assert number is None and "test-student" in reason
 
 
 @pytest.mark.parametrize(("first", "last"), [("Testa", "Doe"), ("Pat", "Contest"), ("Tes", "Doe")])
 def test_exclusion_is_exact_not_a_substring(first, last):
-    assert mapper().map_row((1, 1, first, last, 0, 16, 0, None, None)).values is not None
+    assert line_of((1, 1, first, last, 0, 16, 0, None, None)) == "1\tN\tW\tN"
 
 
 def test_exclusion_list_can_be_changed():
-    custom = mapper(exclude=("Dummy", "Sample"))
-    assert custom.map_row((1, 1, "Test", "Doe", 0, 16, 0, None, None)).values is not None
-    assert custom.map_row((1, 1, "SAMPLE", "Doe", 0, 16, 0, None, None)).values is None
+    assert line_of((1, 1, "Test", "Doe", 0, 16, 0, None, None), exclude=("Dummy", "Sample")) is not None
+    assert line_of((1, 1, "SAMPLE", "Doe", 0, 16, 0, None, None), exclude=("Dummy", "Sample")) is None
 
 
 def test_student_without_a_number_is_skipped_with_a_reason():
-    outcome = mapper().map_row((77, None, "Pat", "Doe", 0, 16, 0, None, None))
-    assert outcome.values is None and "DCID 77" in outcome.skip_reason
+    number, reason = mapper().letters((77, None, "Pat", "Doe", 0, 16, 0, None, None))
+    assert number is None and "DCID 77" in reason
+
+
+def changes_of(row):
+    columns = {**COLUMNS, "current_hispanic": 9, "current_race": 10, "current_ell": 11}
+    number, letters = mapper(columns=columns).letters(row)
+    return ce.changed_fields(ce.StudentValues(number, *letters), row, columns)
 
 
 def test_changes_against_current_values():
-    columns = {**COLUMNS, "current_hispanic": 9, "current_race": 10, "current_ell": 11}
-    row = (1, 204511, "A", "B", 0, 17, 0, None, None, "N", "W", "N")
-    outcome = mapper(columns=columns).map_row(row)
-    assert outcome.changes == ("Race W \u2192 M",)
-    same = (1, 204511, "A", "B", 0, 16, 0, None, None, "N", " W ", "N")
-    assert mapper(columns=columns).map_row(same).changes == ()
-    no_row = (1, 204511, "A", "B", -1, 16, 0, None, None, None, None, None)
-    assert mapper(columns=columns).map_row(no_row).changes == (
+    assert changes_of((1, 204511, "A", "B", 0, 17, 0, None, None, "N", "W", "N")) == ("Race W \u2192 M",)
+    assert changes_of((1, 204511, "A", "B", 0, 16, 0, None, None, "N", " W ", "N")) == ()
+    assert changes_of((1, 204511, "A", "B", -1, 16, 0, None, None, None, None, None)) == (
         "Race (blank) \u2192 W",
         "ELL (blank) \u2192 N",
     )
@@ -142,7 +152,7 @@ def test_summary_counts_blanks_with_reasons():
     summary = ce.Summary()
     m = mapper()
     for row in [(1, 1, "a", "b", -1, 99, 0, None, None), (2, 2, "a", "b", 1, 16, 1, None, None)]:
-        summary.count(m.map_row(row).values)
+        summary.count(m.letters(row)[1])
     assert summary.blanks("Hispanic_Latino") == 1 and summary.blanks("Race") == 1
     report = summary.report()
     assert "blank, unanswered (-1): 1" in report and "blank, unknown code 99: 1" in report
