@@ -157,8 +157,8 @@ class Secret:
 # --- The profile: everything state- or district-specific --------------------
 
 ILLINOIS_QUERY = """\
-SELECT s.dcid, s.student_number, s.first_name, s.last_name, s.fedethnicity,
-       d.fer state_race, x.lep, r.race_code, r.race_count
+SELECT s.id, s.dcid, s.student_number, s.first_name, s.last_name, s.fedethnicity,
+       d.fer state_race, x.lep
 FROM students s
 LEFT JOIN (SELECT studentsdcid, MAX(fer) fer
            FROM s_il_stu_demographics_x GROUP BY studentsdcid) d
@@ -166,14 +166,18 @@ LEFT JOIN (SELECT studentsdcid, MAX(fer) fer
 LEFT JOIN (SELECT studentsdcid, MAX(lep) lep
            FROM s_il_stu_x GROUP BY studentsdcid) x
        ON x.studentsdcid = s.dcid
-LEFT JOIN (SELECT studentid, MIN(racecd) race_code,
-                  COUNT(DISTINCT racecd) race_count
-           FROM studentrace GROUP BY studentid) r
-       ON r.studentid = s.id
 WHERE s.enroll_status = 0
 ORDER BY s.student_number"""
 # Extension tables are one row per student by design; grouping them anyway
 # means a stray second row can neither duplicate nor drop a student.
+
+# STUDENTRACE is PowerSchool core, the same in every state, so the script adds
+# this join itself, and only when the profile uses it: one row per race the
+# family chose becomes the lowest code and the number of distinct codes.
+STUDENTRACE_JOIN = """\
+LEFT JOIN (SELECT studentid, MIN(racecd) race_code, COUNT(DISTINCT racecd) race_count
+           FROM studentrace GROUP BY studentid) r
+       ON r.studentid = q.id"""
 
 # The query's columns, by name in any order: always dcid, student_number,
 # first_name and last_name; then what each output field is made from.
@@ -187,7 +191,7 @@ class Profile:
 
     name: str = "Illinois (ISBE FER, S_IL_STU_X LEP)"
     query: str = ILLINOIS_QUERY
-    tables: tuple[str, ...] = ("students", "s_il_stu_demographics_x", "s_il_stu_x", "studentrace")
+    tables: tuple[str, ...] = ("students", "s_il_stu_demographics_x", "s_il_stu_x")
     exclude_names: tuple[str, ...] = ("TEST",)
     # race.source "state": state_race through state_codes; a student whose
     # state code is in state_codes_without_race (Illinois FER 11 = Hispanic)
@@ -217,8 +221,11 @@ class Profile:
         """The output columns other than student_number, in file order."""
         return tuple(column for column in self.columns if column != "student_number")
 
+    def uses_studentrace(self) -> bool:
+        return "Race" in self.columns and (self.race_source == "studentrace" or bool(self.studentrace_codes))
+
     def required_columns(self) -> tuple[str, ...]:
-        """What the query must return for the fields this profile writes."""
+        """What the profile's query must return for the fields it writes."""
         columns = ["dcid", "student_number", "first_name", "last_name"]
         fields = self.value_fields()
         if "Hispanic_Latino" in fields:
@@ -227,9 +234,13 @@ class Profile:
             columns.append("lep")
         if "Race" in fields and self.race_source == "state":
             columns.append("state_race")
-        if "Race" in fields and (self.race_source == "studentrace" or self.studentrace_codes):
-            columns += ["race_code", "race_count"]
+        if self.uses_studentrace():
+            columns.append("id")  # STUDENTS.ID, for the STUDENTRACE join
         return tuple(columns)
+
+    def tables_read(self) -> tuple[str, ...]:
+        """Every table a nightly run reads (what --check proves readable)."""
+        return self.tables + (("studentrace",) if self.uses_studentrace() else ())
 
     def current_columns(self) -> dict[str, str]:
         """Query column -> custom field holding PowerSchool's current value."""
@@ -517,20 +528,34 @@ FETCH_ARRAYSIZE = 5000
 
 
 def export_query(profile: Profile, with_current_values: bool) -> str:
-    """The one statement a run executes, portable to Oracle and SQLite."""
-    if not with_current_values:
+    """The one statement a run executes, portable to Oracle and SQLite.
+
+    The profile's query, wrapped with the joins this run needs, if any:
+    STUDENTRACE for race codes, and PowerSchool's current custom values for
+    --changed-only and --dry-run.  Grouped, so a student stays one row.
+    """
+    columns, joins = [], []
+    if profile.uses_studentrace():
+        columns += ["r.race_code", "r.race_count"]
+        joins.append(STUDENTRACE_JOIN)
+    if with_current_values:
+        table, key = profile.current_table, profile.current_key
+        current = profile.current_columns()
+        columns += [f"c.{name}" for name in current]
+        joins.append(
+            f"LEFT JOIN (SELECT {key}, {', '.join(f'MAX({field}) {name}' for name, field in current.items())}\n"
+            f"           FROM {table} GROUP BY {key}) c\n"
+            f"       ON c.{key} = q.dcid"
+        )
+    if not joins:
         return profile.query
-    # Wrap the profile's query, so that it stays one statement; grouping
-    # keeps one row per student even if the custom table holds two.
-    table, key = profile.current_table, profile.current_key
-    current = profile.current_columns()
-    return (
-        f"SELECT q.*, {', '.join(f'c.{name}' for name in current)}\n"
-        f"FROM ({profile.query}) q\n"
-        f"LEFT JOIN (SELECT {key}, {', '.join(f'MAX({field}) {name}' for name, field in current.items())}\n"
-        f"           FROM {table} GROUP BY {key}) c\n"
-        f"       ON c.{key} = q.dcid\n"
-        f"ORDER BY q.student_number"
+    return "\n".join(
+        [
+            f"SELECT q.*, {', '.join(columns)}",
+            f"FROM ({profile.query}) q",
+            *joins,
+            "ORDER BY q.student_number",
+        ]
     )
 
 
@@ -919,7 +944,7 @@ def export_lines(
         number, letters = mapper.letters(row)
         if number is None:
             summary.skipped += 1
-            LOG.debug("skipped %s", letters)
+            LOG.info("skipped %s", letters)
             continue
         summary.count(letters)
         if detail or compares:
@@ -1366,7 +1391,9 @@ def run_export(options: RunOptions, environ: dict[str, str]) -> Summary:
     compare = options.changed_only or (options.dry_run and profile.can_compare())
     if options.changed_only and not profile.can_compare():
         raise ConfigError("--changed-only needs current_values.table in the profile")
-    required = profile.required_columns() + (tuple(profile.current_columns()) if compare else ())
+    required = profile.required_columns()
+    required += ("race_code", "race_count") if profile.uses_studentrace() else ()
+    required += tuple(profile.current_columns()) if compare else ()
     summary = Summary(fields=profile.value_fields(), compared=compare)
     with RunLock(options.lock_path):
         LOG.info("export started: profile %s, %s", profile.name, describe_source(options, database))
@@ -1435,7 +1462,7 @@ def run_check(options: RunOptions, environ: dict[str, str]) -> int:
             f"database login ({describe_source(options, database)})", lambda: open_source(options, database)
         )
         if connection:
-            for table in options.profile.tables:
+            for table in options.profile.tables_read():
                 check(f"table {table} readable", lambda table=table: _probe_table(connection, table))
             connection.close()
     if host_known:

@@ -8,7 +8,7 @@ from conftest import REPO
 
 def test_bench_smoke(tmp_path):
     command = [sys.executable, str(REPO / "bench" / "bench.py"), "--sizes", "3000", "--latency-ms", "0",
-               "--original-max", "3000", "--data-dir", str(tmp_path)]  # fmt: skip
+               "--original-max", "3000", "--repeat", "1", "--data-dir", str(tmp_path)]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "files identical: yes" in result.stdout

@@ -86,3 +86,20 @@ def test_cheap_paths_do_not_import_oracledb_or_paramiko(tmp_path, db):
             [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=30
         )
         assert result.stdout.splitlines()[-1] == "RESULT 0 False False", (args, result.stdout, result.stderr)
+
+
+def test_studentrace_is_joined_only_when_the_profile_uses_it(db, tmp_path, monkeypatch, traced_sqlite):
+    path = str(db([Student(1, fedethnicity=1, fer=11, races=("W", "B"))]))
+    assert run_in_process(tmp_path, monkeypatch, "--sqlite", path) == 0
+    assert len(traced_sqlite) == 1 and "studentrace" not in traced_sqlite[0].lower()
+    assert (tmp_path / "out.txt").read_text() == "1\tY\t\tN\n"
+    traced_sqlite.clear()
+    config = str(EXAMPLES / "illinois-hispanic-race.toml")
+    assert run_in_process(tmp_path, monkeypatch, "--sqlite", path, "--config", config, "--changed-only") == 0
+    assert len(traced_sqlite) == 1 and "studentrace" in traced_sqlite[0].lower()
+    assert (tmp_path / "out.txt").read_text() == "1\tY\tM\tN\n"
+
+
+def test_check_proves_studentrace_readable_when_it_is_used():
+    assert "studentrace" not in ce.Profile().tables_read()
+    assert ce.load_profile(EXAMPLES / "illinois-hispanic-race.toml").tables_read()[-1] == "studentrace"
