@@ -511,6 +511,8 @@ class RedactSecrets(logging.Filter):
             message = record.getMessage()
             if any(secret in message for secret in _SECRETS):
                 record.msg, record.args = redact(message), None
+            if record.exc_info and not record.exc_text:  # formatters reuse exc_text
+                record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
         return True
 
 

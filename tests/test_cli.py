@@ -142,6 +142,22 @@ def test_unexpected_error_exits_1_with_one_line_and_the_traceback_in_the_log(
     assert "Traceback" in log.read_text()
 
 
+def test_a_traceback_in_the_log_is_redacted_too(monkeypatch, capsys, tmp_path, db):
+    def careless(*args, **kwargs):
+        raise RuntimeError(f"bug that prints {SECRET_DB_PASSWORD}")
+
+    monkeypatch.setattr(ce, "DEFAULT_LOCK_FILE", tmp_path / "lock")
+    monkeypatch.setattr(ce, "connect_sqlite", careless)
+    ce.register_secret(SECRET_DB_PASSWORD)
+    log = tmp_path / "x.log"
+    assert (
+        ce.main(["--sqlite", str(db([Student(1)])), "--no-upload", "--log-file", str(log)], environ={}) == 1
+    )
+    captured = capsys.readouterr()
+    assert "Traceback" in log.read_text() and "bug that prints ***" in log.read_text()
+    assert SECRET_DB_PASSWORD not in captured.out + captured.err + log.read_text()
+
+
 def test_secrets_are_redacted_even_if_a_message_carries_one(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(ce, "DEFAULT_LOCK_FILE", tmp_path / "lock")
     env = {**ORACLE_ENV, "POWERSCHOOL_PROD_DB": f"127.0.0.1:1/{SECRET_DB_PASSWORD}"}  # a careless DSN
