@@ -1632,7 +1632,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="appended, rotated log (default: clever_export.log beside the script)",
     )
     files.add_argument(
-        "--state-file", metavar="PATH", type=Path, default=DEFAULT_STATE_FILE, help=argparse.SUPPRESS
+        "--state-file",
+        metavar="PATH",
+        type=Path,
+        default=DEFAULT_STATE_FILE,
+        help="the last upload's student count, for the safety guard "
+        "(default: clever_export.state.json beside the script)",
     )
     safety = parser.add_argument_group("safety and reliability")
     safety.add_argument(

@@ -164,3 +164,11 @@ def test_profile_sets_file_name_columns_and_header(app, db, tmp_path):
                      "--config", str(write_config(tmp_path, toml)))  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert lines(app.root / "clever.tsv") == ["student_number\tELL\tRace", "7\tY\tI"]
+
+
+def test_changed_only_with_nothing_changed_uploads_an_empty_file(uploading_app, sftp_server, db):
+    sftp_server.remote().write_bytes(b"1\tN\tB\tN\n")  # yesterday's change, already imported
+    same = [Student(n, fer=16, current=("N", "W", "N")) for n in range(1, 4)]
+    result = uploading_app.run("--sqlite", str(db(same)), "--changed-only", "--timeout", "5")
+    assert result.returncode == 0, result.stderr
+    assert sftp_server.remote().read_bytes() == b""
