@@ -655,8 +655,6 @@ def stream_rows(connection, sql: str, required: Iterable[str]):
                 if not batch:
                     return
                 yield from batch
-        except ExportError:
-            raise
         except Exception as error:
             raise DatabaseError(f"reading the export query's rows failed: {_first_line(error)}") from None
         finally:
@@ -1033,8 +1031,9 @@ def check_guard(students: int, previous: int | None, max_drop_percent: float) ->
 # =============================================================================
 
 
-def load_known_hosts(known_hosts_path: Path, sftp: SftpSettings):
-    """The parsed known_hosts file; ConfigError if unreadable, SftpError if the host is absent."""
+def load_known_hosts(known_hosts_path: Path, sftp: SftpSettings) -> None:
+    """Check, before any work, that known_hosts is readable (else ConfigError)
+    and holds the server (else SftpError); connecting then verifies the key."""
     import paramiko
 
     if not known_hosts_path.is_file():
@@ -1055,7 +1054,6 @@ def load_known_hosts(known_hosts_path: Path, sftp: SftpSettings):
             "clever_export.py --show-host-key, compare the fingerprint with the server's, "
             "and add the line it prints"
         )
-    return host_keys
 
 
 def fingerprint_line(key, host_name: str) -> str:
@@ -1132,9 +1130,8 @@ def sftp_failure(error: BaseException, sftp: SftpSettings, known_hosts_path: Pat
     if isinstance(error, socket.gaierror):
         return SftpError(f"cannot resolve SFTP host {sftp.host!r}; check D118_SFTP_ADDRESS")
     if isinstance(error, (OSError, EOFError, paramiko.SSHException)):
-        reason = _first_line(error) if str(error).strip() else type(error).__name__
         return TransientSftpError(
-            f"SFTP connection to {where} failed: {reason}; check the server is up "
+            f"SFTP connection to {where} failed: {_first_line(error)}; check the server is up "
             "and reachable (D118_SFTP_ADDRESS, D118_SFTP_PORT, firewall)"
         )
     return error
