@@ -48,24 +48,29 @@ run, command line.  Run with --help for the options, and see README.md.
 from __future__ import annotations
 
 import argparse
+import array
 import collections
 import contextlib
 import dataclasses
-import decimal
+import itertools
 import json
 import logging
 import logging.handlers
+import math
 import operator
 import os
 import posixpath
 import re
+import signal
 import socket
 import sqlite3
+import stat
 import sys
 import tempfile
 import threading
 import time
 import tomllib
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -75,6 +80,9 @@ __version__ = "1.0.0"
 
 SCRIPT_DIR = Path(__file__).resolve().parent
 LOG = logging.getLogger("clever_export")
+# Lines that name a student (skips, changes, -v detail): the owner-only log
+# file only, never stdout, stderr or a monitoring ping.
+STUDENT_LOG = logging.getLogger("clever_export.student")
 
 # =============================================================================
 # Settings
@@ -83,7 +91,8 @@ LOG = logging.getLogger("clever_export")
 DEFAULT_KNOWN_HOSTS = SCRIPT_DIR / "known_hosts"
 DEFAULT_LOG_FILE = SCRIPT_DIR / "clever_export.log"
 DEFAULT_STATE_FILE = SCRIPT_DIR / "clever_export.state.json"
-DEFAULT_LOCK_FILE = SCRIPT_DIR / "clever_export.lock"
+LOCK_FILE_NAME = "clever_export.lock"  # beside the state file unless --lock-file
+DEFAULT_ENV_FILE = SCRIPT_DIR / "clever_export.env"
 DEMO_SEED_FILE = SCRIPT_DIR / "demo" / "powerschool_sample.sql"
 DEMO_OUTPUT_NAME = "demo-raceethnicity.txt"
 
@@ -94,13 +103,30 @@ DEFAULT_MAX_DROP_PERCENT = 20.0
 LOG_MAX_BYTES = 5 * 1024 * 1024  # x LOG_BACKUPS: the log never exceeds ~30 MB
 LOG_BACKUPS = 5
 
+# Exit codes, the one table --help, the module docstring and README.md show
+# (a test keeps the docstring's table equal to this one).
 EXIT_OK = 0
-EXIT_UNEXPECTED = 1
+EXIT_BUG = 1  # only a bug in this script: please report it
 EXIT_CONFIG = 2
 EXIT_DATABASE = 3
 EXIT_SFTP = 4
 EXIT_GUARD = 5
+EXIT_NOT_IMPORTED = 6
 EXIT_LOCKED = 75  # EX_TEMPFAIL from sysexits.h: "try again later"
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as shells report a kill
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "success",
+    EXIT_BUG: "a bug in this script (the log has the traceback; please report it)",
+    EXIT_CONFIG: "usage or configuration: a flag, variable, file or profile",
+    EXIT_DATABASE: "database: connect or query",
+    EXIT_SFTP: "SFTP: connect, login, host key, upload",
+    EXIT_GUARD: "safety guard: the export looks wrong, nothing uploaded",
+    EXIT_NOT_IMPORTED: "PowerSchool did not import the previous upload (check AutoComm)",
+    EXIT_LOCKED: "another run holds the lock (try again later)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+    EXIT_TERMINATED: "terminated (SIGTERM: a service manager or kill)",
+}
 
 # Clever's accepted values (blank = unknown).
 CLEVER_RACE_LETTERS = frozenset({"A", "B", "I", "M", "P", "W", ""})
@@ -110,7 +136,7 @@ OUTPUT_COLUMNS = ("student_number", "Hispanic_Latino", "Race", "ELL")
 class ExportError(Exception):
     """An expected failure: its message is the one line an admin reads."""
 
-    exit_code = EXIT_UNEXPECTED
+    exit_code = EXIT_BUG
 
 
 class ConfigError(ExportError):
@@ -137,6 +163,25 @@ class LockedError(ExportError):
     exit_code = EXIT_LOCKED
 
 
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape_text(value: Any) -> str:
+    """Database or file text made safe for one log line: control characters escaped.
+
+    A newline in a custom field must not start a forged log line.
+    """
+    text = value if isinstance(value, str) else str(value)
+    if _CONTROL_CHARACTERS.search(text) is None:
+        return text
+    return _CONTROL_CHARACTERS.sub(
+        lambda match: (
+            f"\\x{ord(match.group()):02x}" if ord(match.group()) < 0x100 else f"\\u{ord(match.group()):04x}"
+        ),
+        text,
+    )
+
+
 class Secret:
     """A password that cannot be printed by accident: str() and repr() hide it."""
 
@@ -160,29 +205,15 @@ ILLINOIS_QUERY = """\
 SELECT s.id, s.dcid, s.student_number, s.first_name, s.last_name, s.fedethnicity,
        d.fer state_race, x.lep
 FROM students s
-LEFT JOIN (SELECT studentsdcid, MAX(fer) fer
-           FROM s_il_stu_demographics_x GROUP BY studentsdcid) d
-       ON d.studentsdcid = s.dcid
-LEFT JOIN (SELECT studentsdcid, MAX(lep) lep
-           FROM s_il_stu_x GROUP BY studentsdcid) x
-       ON x.studentsdcid = s.dcid
-WHERE s.enroll_status = 0
-ORDER BY s.student_number"""
-# Extension tables are one row per student by design; grouping them anyway
-# means a stray second row can neither duplicate nor drop a student.
+LEFT JOIN s_il_stu_demographics_x d ON d.studentsdcid = s.dcid
+LEFT JOIN s_il_stu_x x ON x.studentsdcid = s.dcid
+WHERE s.enroll_status = 0"""
+# Plain joins, not MAX(...) GROUP BY: extension tables hold one row per
+# student by design, and if one ever holds two, the mapping sees both rows and
+# writes blank ("conflicting rows") when they disagree, where MAX would pick
+# one silently (comparing text as text: ' 1' < '0').
 
-# STUDENTRACE is PowerSchool core, the same in every state, so the script adds
-# this join itself, and only when the profile uses it: one row per race the
-# family chose becomes the lowest code and the number of distinct codes.
-STUDENTRACE_JOIN = """\
-LEFT JOIN (SELECT studentid, MIN(racecd) race_code, COUNT(DISTINCT racecd) race_count
-           FROM studentrace GROUP BY studentid) r
-       ON r.studentid = q.id"""
-
-# The query's columns, by name in any order: always dcid, student_number,
-# first_name and last_name; then what each output field is made from.
 VALUE_FIELDS = ("Hispanic_Latino", "Race", "ELL")
-CURRENT_COLUMN_OF = {"Hispanic_Latino": "current_hispanic", "Race": "current_race", "ELL": "current_ell"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,8 +237,10 @@ class Profile:
     hispanic_yes: tuple[str, ...] = ("1",)
     hispanic_no: tuple[str, ...] = ("0",)
     ell_yes: tuple[str, ...] = ("1",)
+    ell_no: tuple[str, ...] = ("0",)
     file_name: str = "raceethnicity.txt"
     remote_dir: str = "/sftp/clever/"
+    remote_mode: int = 0o600
     columns: tuple[str, ...] = OUTPUT_COLUMNS
     header: bool = False
     # Where the import writes, for --changed-only and --dry-run comparisons.
@@ -224,32 +257,18 @@ class Profile:
     def uses_studentrace(self) -> bool:
         return "Race" in self.columns and (self.race_source == "studentrace" or bool(self.studentrace_codes))
 
-    def required_columns(self) -> tuple[str, ...]:
-        """What the profile's query must return for the fields it writes."""
-        columns = ["dcid", "student_number", "first_name", "last_name"]
-        fields = self.value_fields()
-        if "Hispanic_Latino" in fields:
-            columns.append("fedethnicity")
-        if "ELL" in fields:
-            columns.append("lep")
-        if "Race" in fields and self.race_source == "state":
-            columns.append("state_race")
-        if self.uses_studentrace():
-            columns.append("id")  # STUDENTS.ID, for the STUDENTRACE join
-        return tuple(columns)
-
     def tables_read(self) -> tuple[str, ...]:
-        """Every table a nightly run reads (what --check proves readable)."""
+        """Every table a nightly run reads."""
         return self.tables + (("studentrace",) if self.uses_studentrace() else ())
 
-    def current_columns(self) -> dict[str, str]:
-        """Query column -> custom field holding PowerSchool's current value."""
+    def current_fields(self) -> dict[str, str]:
+        """Output field -> the custom field holding PowerSchool's current value."""
         source = {
             "Hispanic_Latino": self.current_hispanic,
             "Race": self.current_race,
             "ELL": self.current_ell,
         }
-        return {CURRENT_COLUMN_OF[field]: source[field] for field in self.value_fields()}
+        return {field: source[field] for field in self.value_fields()}
 
     def can_compare(self) -> bool:
         return bool(self.current_table)
@@ -270,12 +289,13 @@ _PROFILE_KEYS: dict[str, dict[str, tuple[str, type]]] = {
         "studentrace_codes": ("studentrace_codes", dict),
     },
     "hispanic": {"yes": ("hispanic_yes", list), "no": ("hispanic_no", list)},
-    "ell": {"yes": ("ell_yes", list)},
+    "ell": {"yes": ("ell_yes", list), "no": ("ell_no", list)},
     "output": {
         "file_name": ("file_name", str),
         "remote_dir": ("remote_dir", str),
         "columns": ("columns", list),
         "header": ("header", bool),
+        "remote_mode": ("remote_mode", str),
     },
     "current_values": {
         "table": ("current_table", str),
@@ -298,6 +318,10 @@ def load_profile(config_path: Path | None) -> Profile:
     except OSError as error:
         raise ConfigError(
             f"cannot read config file {config_path}: {error.strerror}; check --config"
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"config file {config_path} is not UTF-8 text; save it as UTF-8 (check --config)"
         ) from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {config_path} is not valid TOML: {error}") from None
@@ -335,6 +359,8 @@ _TYPE_WORDS = {str: "string", list: "list", dict: "table", bool: "true/false"}
 
 
 def _normalise_profile_value(key: str, value: Any, source: str) -> Any:
+    if key == "output.remote_mode":
+        return parse_mode(value, f"{source}: output.remote_mode")
     if isinstance(value, list):
         for item in value:
             if not isinstance(item, (str, int)) or isinstance(item, bool):
@@ -346,7 +372,7 @@ def _normalise_profile_value(key: str, value: Any, source: str) -> Any:
         mapping = {}
         for code, letter in value.items():
             if not isinstance(letter, str) or code_text(code) is None:
-                raise ConfigError(f'{source}: {key}."{code}" must map a code to a letter string')
+                raise ConfigError(f'{source}: {key}."{escape_text(code)}" must map a code to a letter string')
             mapping[code_text(code)] = letter.strip().upper()
         return mapping
     return value
@@ -384,17 +410,12 @@ def validate_profile(profile: Profile, source: str = "config") -> None:
         )
     if "student_number" not in profile.columns:
         raise ConfigError(f"{source}: output.columns must include student_number (AutoComm matches on it)")
-    if not profile.file_name or "/" in profile.file_name or "\\" in profile.file_name:
-        raise ConfigError(f"{source}: output.file_name must be a plain file name, not a path")
+    check_file_name(profile.file_name, f"{source}: output.file_name")
     if not profile.remote_dir.startswith("/"):
         raise ConfigError(f"{source}: output.remote_dir must be an absolute path such as /sftp/clever/")
-    query_words = set(re.findall(r"[a-z_][a-z0-9_$#]*", profile.query.lower()))
-    for column in profile.required_columns():
-        if column not in query_words:
-            raise ConfigError(
-                f"{source}: students.query does not return the column {column}; "
-                f"it must return {', '.join(profile.required_columns())}"
-            )
+    overlap = set(profile.ell_yes) & set(profile.ell_no)
+    if overlap:
+        raise ConfigError(f"{source}: ell.yes and ell.no both list {sorted(overlap)}")
     names = [
         profile.current_table,
         profile.current_key,
@@ -405,6 +426,50 @@ def validate_profile(profile: Profile, source: str = "config") -> None:
     for name in [*profile.tables, *(names if profile.current_table else [])]:
         if not _IDENTIFIER.match(name):
             raise ConfigError(f'{source}: "{name}" is not a plain table or column name')
+
+
+# Names of the files the script keeps beside itself: the output must never be
+# one of them (file_name = "known_hosts" would overwrite the host keys).
+RESERVED_FILE_NAMES = frozenset(
+    name.casefold()
+    for name in (
+        Path(__file__).name,
+        "known_hosts",
+        "clever_export.log",
+        "clever_export.state.json",
+        "clever_export.lock",
+        "clever_export.env",
+        "clever_export.toml",
+        "requirements.txt",
+    )
+)
+
+
+def check_file_name(name: str, key: str) -> None:
+    """A plain file name for the export, not a path and not one of the script's files."""
+    if (
+        not name
+        or name in (".", "..")
+        or any(separator in name for separator in ("/", "\\", "\0", ":"))
+        or name != name.strip()
+    ):
+        raise ConfigError(f"{key} must be a plain file name such as raceethnicity.txt, not {name!r}")
+    if name.casefold() in RESERVED_FILE_NAMES or name.casefold().startswith("clever_export.log."):
+        raise ConfigError(f"{key} = {name!r} is a file the script keeps beside itself; choose another name")
+
+
+def parse_mode(value: Any, key: str) -> int:
+    """An octal permission such as "600" or "640": owner keeps read and write."""
+    text = str(value).strip()
+    if not re.fullmatch(r"0?[0-7]{3}", text, re.ASCII):
+        raise ConfigError(f"{key} must be an octal mode such as 600 or 640, not {text!r}")
+    mode = int(text, 8)
+    if mode & 0o600 != 0o600 or mode & 0o007:
+        raise ConfigError(
+            f"{key} = {text}: the owner needs read and write (6xx) and others get nothing (xx0); "
+            "600 or 640 are the usual choices"
+        )
+    return mode
 
 
 # --- Environment: connection settings ----------------------------------------
@@ -419,12 +484,16 @@ class DatabaseSettings:
 
 @dataclasses.dataclass(frozen=True)
 class SftpSettings:
+    """Everything needed to reach and trust the SFTP server, in one object."""
+
     host: str
     port: int
     username: str
     password: Secret | None
     key_file: Path | None
     key_passphrase: Secret | None
+    known_hosts_path: Path
+    timeout: float
 
     @property
     def known_hosts_name(self) -> str:
@@ -432,12 +501,18 @@ class SftpSettings:
         return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
 
 
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int  # upload attempts for network failures
+    wait: float  # seconds before the second attempt, doubling after
+
+
 def _require_env(environ: dict[str, str], name: str, purpose: str) -> str:
     value = environ.get(name, "").strip()
     if not value:
         raise ConfigError(
             f"environment variable {name} ({purpose}) is not set; "
-            "set it for the account that runs the job (see README, Configuration)"
+            "set it in clever_export.env or for the account that runs the job (see README, Configuration)"
         )
     return value
 
@@ -450,13 +525,15 @@ def database_settings(environ: dict[str, str]) -> DatabaseSettings:
     return DatabaseSettings(user, Secret(password), dsn)
 
 
-def sftp_settings(environ: dict[str, str], need_login: bool = True) -> SftpSettings:
+def sftp_settings(
+    environ: dict[str, str], known_hosts_path: Path, timeout: float, need_login: bool = True
+) -> SftpSettings:
     host = _require_env(environ, "D118_SFTP_ADDRESS", "SFTP server host name or address")
     port_text = environ.get("D118_SFTP_PORT", "").strip() or "22"
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ConfigError(f"D118_SFTP_PORT must be a port number 1-65535, not {port_text!r}")
+    if not re.fullmatch(r"[0-9]{1,5}", port_text, re.ASCII) or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"D118_SFTP_PORT must be a port number 1-65535, not {escape_text(port_text)!r}")
     if not need_login:
-        return SftpSettings(host, int(port_text), "", None, None, None)
+        return SftpSettings(host, int(port_text), "", None, None, None, known_hosts_path, timeout)
     username = _require_env(environ, "D118_SFTP_USERNAME", "SFTP user name")
     password = environ.get("D118_SFTP_PASSWORD") or None
     passphrase = environ.get("D118_SFTP_KEY_PASSPHRASE") or None
@@ -469,8 +546,6 @@ def sftp_settings(environ: dict[str, str], need_login: bool = True) -> SftpSetti
             "neither D118_SFTP_PASSWORD nor D118_SFTP_KEY_FILE is set; "
             "set one so the script can log in to the SFTP server"
         )
-    if key_file is not None and not os.access(key_file, os.R_OK):
-        raise ConfigError(f"D118_SFTP_KEY_FILE {key_file} cannot be read; check the path and permissions")
     return SftpSettings(
         host,
         int(port_text),
@@ -478,6 +553,8 @@ def sftp_settings(environ: dict[str, str], need_login: bool = True) -> SftpSetti
         Secret(password) if password else None,
         key_file,
         Secret(passphrase) if passphrase else None,
+        known_hosts_path,
+        timeout,
     )
 
 
@@ -489,11 +566,16 @@ def beside_script(path_text: str | Path) -> Path:
 
 # --- Secrets never reach a log line ------------------------------------------
 
-_SECRETS: set[str] = set()
+# Passwords never go into log text: they travel as Secret and are revealed
+# only to the driver.  This filter is the last line of defence, and only for
+# secrets long enough to be recognised: replacing a one-letter password
+# everywhere would mangle the log and, by the gaps, show what it is.
+REDACT_MIN_LENGTH = 6
+_SECRETS: set[str] = set()  # this run's; main() clears it at the start of every run
 
 
 def register_secret(value: str | None) -> None:
-    if value:
+    if value and len(value) >= REDACT_MIN_LENGTH:
         _SECRETS.add(value)
 
 
@@ -504,7 +586,7 @@ def redact(text: str) -> str:
 
 
 class RedactSecrets(logging.Filter):
-    """Last line of defence: any registered secret in a record becomes ***."""
+    """Any registered secret in a record becomes ***."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if _SECRETS:
@@ -528,37 +610,127 @@ class RedactSecrets(logging.Filter):
 # district; a larger batch would save little (200 round trips cost ~0.2 s).
 FETCH_ARRAYSIZE = 5000
 
+# What the profile's query must return, by name, for each output field.
+QUERY_COLUMNS_ALWAYS = ("dcid", "student_number", "first_name", "last_name")
+QUERY_COLUMNS_FOR = {"Hispanic_Latino": ("fedethnicity",), "ELL": ("lep",)}
 
-def export_query(profile: Profile, with_current_values: bool) -> str:
-    """The one statement a run executes, portable to Oracle and SQLite.
 
-    The profile's query, wrapped with the joins this run needs, if any:
-    STUDENTRACE for race codes, and PowerSchool's current custom values for
-    --changed-only and --dry-run.  Grouped, so a student stays one row.
-    """
-    columns, joins = [], []
+def query_inputs(profile: Profile) -> tuple[str, ...]:
+    """The columns the profile's query must return for the fields it writes."""
+    columns = list(QUERY_COLUMNS_ALWAYS)
+    for field in profile.value_fields():
+        columns += QUERY_COLUMNS_FOR.get(field, ())
+    if "Race" in profile.value_fields() and profile.race_source == "state":
+        columns.append("state_race")
     if profile.uses_studentrace():
-        columns += ["r.race_code", "r.race_count"]
-        joins.append(STUDENTRACE_JOIN)
+        columns.append("id")  # STUDENTS.ID, for the STUDENTRACE join
+    return tuple(columns)
+
+
+def check_query_inputs(profile: Profile, source: str = "config") -> None:
+    """Before anything runs: the profile's query names every column it must return."""
+    query_words = set(re.findall(r"[a-z_][a-z0-9_$#]*", profile.query.lower()))
+    for column in query_inputs(profile):
+        if column not in query_words:
+            raise ConfigError(
+                f"{source}: students.query does not return the column {column}; "
+                f"it must return {', '.join(query_inputs(profile))}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportStatement:
+    """The one statement a run executes, and what each row it returns holds."""
+
+    sql: str
+    columns: tuple[str, ...]  # the row's fields, in order
+    compares: bool  # rows carry PowerSchool's current values (current_<field>)
+
+
+def export_statement(profile: Profile, with_current_values: bool) -> ExportStatement:
+    """The profile's query wrapped with what this run needs, portable to Oracle,
+    PostgreSQL and SQLite: no AS before aliases, no vendor functions.
+
+    Columns are selected by name, so the wrapper owns the row's shape; test
+    students are flagged by the database (first or last name in the exclude
+    list), so names never reach Python and an undecodable name cannot stop
+    the night.  STUDENTRACE is joined row by row (one row per race) and the
+    current custom values grouped per student.  Ordered by student_number,
+    so all rows of one student arrive together.
+    """
+    columns = ["dcid", "student_number", "test_name"]
+    select = ["q.dcid", "q.student_number", f"{_test_name_flag(profile.exclude_names)} test_name"]
+    for column in query_inputs(profile):
+        if column not in QUERY_COLUMNS_ALWAYS and column != "id":
+            columns.append(column)
+            select.append(f"q.{column}")
+    joins = []
+    if profile.uses_studentrace():
+        columns.append("race_code")
+        select.append("r.racecd race_code")
+        joins.append("LEFT JOIN studentrace r ON r.studentid = q.id")
     if with_current_values:
         table, key = profile.current_table, profile.current_key
-        current = profile.current_columns()
-        columns += [f"c.{name}" for name in current]
+        current = {f"current_{field.lower()}": custom for field, custom in profile.current_fields().items()}
+        columns += current
+        select += [f"c.{name}" for name in current]
         joins.append(
-            f"LEFT JOIN (SELECT {key}, {', '.join(f'MAX({field}) {name}' for name, field in current.items())}\n"
+            f"LEFT JOIN (SELECT {key}, {', '.join(f'MAX({custom}) {name}' for name, custom in current.items())}\n"
             f"           FROM {table} GROUP BY {key}) c\n"
             f"       ON c.{key} = q.dcid"
         )
-    if not joins:
-        return profile.query
-    return "\n".join(
+    sql = "\n".join(
         [
-            f"SELECT q.*, {', '.join(columns)}",
-            f"FROM ({profile.query}) q",
+            f"SELECT {', '.join(select)}",
+            f"FROM (\n{strip_statement_end(profile.query)}\n) q",
             *joins,
-            "ORDER BY q.student_number",
+            "ORDER BY q.student_number, q.dcid",
         ]
     )
+    return ExportStatement(sql, tuple(columns), with_current_values)
+
+
+def _test_name_flag(exclude_names: Iterable[str]) -> str:
+    names = sorted({name.strip().upper() for name in exclude_names if name.strip()})
+    if not names:
+        return "0"
+    listed = ", ".join("'" + name.replace("'", "''") + "'" for name in names)
+    return (
+        f"CASE WHEN UPPER(TRIM(q.first_name)) IN ({listed}) "
+        f"OR UPPER(TRIM(q.last_name)) IN ({listed}) THEN 1 ELSE 0 END"
+    )
+
+
+def strip_statement_end(query: str) -> str:
+    """The query without a trailing ';' or '-- comment', so it can be wrapped."""
+    lines = query.rstrip().splitlines()
+    while lines:
+        last = lines[-1].rstrip()
+        comment_at = _line_comment_at(last)
+        if comment_at is not None:
+            last = last[:comment_at].rstrip()
+        last = last.rstrip().rstrip(";").rstrip()
+        if last:
+            lines[-1] = last
+            break
+        lines.pop()
+    return "\n".join(lines)
+
+
+def _line_comment_at(line: str) -> int | None:
+    """Where a '--' comment starts on the line, outside quoted text; None if none."""
+    quoted = False
+    for at, character in enumerate(line):
+        if character == "'":
+            quoted = not quoted
+        elif not quoted and line.startswith("--", at):
+            return at
+    return None
+
+
+def probe_statement(sql: str) -> str:
+    """The statement wrapped so the database checks it fully but returns no rows."""
+    return f"SELECT * FROM (\n{strip_statement_end(sql)}\n) probe WHERE 1 = 0"
 
 
 def connect_oracle(settings: DatabaseSettings, timeout: float):
@@ -601,16 +773,37 @@ def connect_oracle(settings: DatabaseSettings, timeout: float):
         )
     connection = outcome["connection"]
     connection.call_timeout = int(timeout * 1000)  # each round trip, in ms
+    connection.outputtypehandler = _replace_undecodable_text
     return connection
+
+
+def _replace_undecodable_text(cursor, metadata):
+    """Text the database's character set cannot decode arrives with U+FFFD, not an error."""
+    import oracledb
+
+    if metadata.type_code in (
+        oracledb.DB_TYPE_VARCHAR,
+        oracledb.DB_TYPE_CHAR,
+        oracledb.DB_TYPE_NVARCHAR,
+        oracledb.DB_TYPE_LONG,
+    ):
+        return cursor.var(metadata.type_code, arraysize=cursor.arraysize, encoding_errors="replace")
+    return None
 
 
 def connect_sqlite(path: Path):
     if not path.is_file():
         raise ConfigError(f"SQLite file {path} does not exist; check --sqlite")
     try:
-        return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     except sqlite3.Error as error:
         raise DatabaseError(f"cannot open SQLite file {path}: {error}") from None
+    connection.text_factory = _decode_replacing
+    return connection
+
+
+def _decode_replacing(data: bytes) -> str:
+    return data.decode("utf-8", "replace")
 
 
 def connect_demo():
@@ -627,40 +820,65 @@ def connect_demo():
     return connection
 
 
-def stream_rows(connection, sql: str, required: Iterable[str]):
-    """Execute `sql` once; return (column index by name, iterator of rows)."""
+def stream_rows(connection, statement: ExportStatement) -> Iterator[tuple]:
+    """Execute the statement once; return an iterator over its rows, batch by batch."""
     cursor = connection.cursor()
     cursor.arraysize = FETCH_ARRAYSIZE
     if hasattr(cursor, "prefetchrows"):  # oracledb; sqlite3 has no such thing
         cursor.prefetchrows = FETCH_ARRAYSIZE
     try:
-        cursor.execute(sql)
+        cursor.execute(statement.sql)
+    except Exception as error:
+        cursor.close()
+        raise DatabaseError(
+            f"the export query failed: {database_message(error)}; check students.query "
+            "in your profile (or the built-in one) and the account's read access to its tables"
+        ) from None
+    returned = len(cursor.description or ())
+    if returned != len(statement.columns):
+        cursor.close()
+        raise DatabaseError(
+            f"the export query returned {returned} columns, expected {len(statement.columns)}"
+        )
+    return _fetch_batches(cursor)
+
+
+def _fetch_batches(cursor) -> Iterator[tuple]:
+    try:
+        while True:
+            batch = cursor.fetchmany(FETCH_ARRAYSIZE)
+            if not batch:
+                return
+            yield from batch
+    except Exception as error:
+        raise DatabaseError(f"reading the export query's rows failed: {database_message(error)}") from None
+    finally:
+        cursor.close()
+
+
+def probe_table(connection, table: str) -> None:
+    """Prove a table readable (for --check) without reading a row."""
+    cursor = connection.cursor()
+    try:
+        cursor.execute(f"SELECT * FROM {table} WHERE 1 = 0")
     except Exception as error:
         raise DatabaseError(
-            f"the export query failed: {_first_line(error)}; "
-            "check the query in your profile and the account's read access to its tables"
+            f"cannot read {table}: {database_message(error)}; grant SELECT to the read user"
         ) from None
-    columns = {description[0].lower(): i for i, description in enumerate(cursor.description)}
-    missing = [name for name in required if name not in columns]
-    if missing:
-        raise ConfigError(
-            f"the export query returns no column {', '.join(missing)}; "
-            "name them in the query's select list (see the profile examples)"
-        )
+    finally:
+        cursor.close()
 
-    def rows() -> Iterator[tuple]:
-        try:
-            while True:
-                batch = cursor.fetchmany(FETCH_ARRAYSIZE)
-                if not batch:
-                    return
-                yield from batch
-        except Exception as error:
-            raise DatabaseError(f"reading the export query's rows failed: {_first_line(error)}") from None
-        finally:
-            cursor.close()
 
-    return columns, rows()
+def probe_query(connection, sql: str, mode: str) -> None:
+    """Have the database parse and plan `sql` fully, returning no rows (for --check)."""
+    cursor = connection.cursor()
+    try:
+        cursor.execute(probe_statement(sql))
+        cursor.fetchall()
+    except Exception as error:
+        raise DatabaseError(f"the {mode} query fails: {database_message(error)}") from None
+    finally:
+        cursor.close()
 
 
 def _first_line(error: BaseException) -> str:
@@ -668,40 +886,78 @@ def _first_line(error: BaseException) -> str:
     return text[0] if text else type(error).__name__
 
 
+def database_message(error: BaseException, limit: int = 300) -> str:
+    """A driver's message on one line, with its causes (DPY-6005 ... Connection refused)."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        for line in str(current).splitlines():
+            line = line.strip()
+            if line and line not in parts and not line.startswith("Help:"):
+                parts.append(line)
+        current = current.__cause__ or current.__context__
+    text = escape_text(redact(" ".join(parts) or type(error).__name__))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 # =============================================================================
-# Mapping: pure functions from a database row to Clever's values
+# Mapping: pure functions from a student's rows to Clever's values
 # =============================================================================
+
+# Plain text rules, never a numeric parser (Decimal('1e99999999') hangs):
+# trimmed; an integral decimal written with digits and an optional ".0..."
+# reads as that integer.  Longer digit strings than any real code stay text.
+_INTEGRAL_CODE = re.compile(r"-?[0-9]{1,30}(?:\.0*)?", re.ASCII)
+_STUDENT_NUMBER = re.compile(r"[0-9]{1,30}(?:\.0*)?", re.ASCII)
+REASON_CODE_LENGTH = 40  # a code longer than this is shortened in reasons
 
 
 def code_text(value: Any) -> str | None:
-    """A code as text: 16, 16.0, " 16 " and Decimal('16') all become "16".
+    """A code as text: 16, 16.0, " 16 ", "16.0" and Decimal('16') all become "16".
 
-    None, empty and whitespace give None; non-numeric text is kept stripped.
+    None, empty and whitespace give None (Oracle cannot tell '' from NULL);
+    anything else is kept, trimmed, and will read as an unknown code.
     """
     if value is None:
         return None
-    if isinstance(value, bool):
-        return str(int(value))
-    if isinstance(value, int):
+    kind = type(value)
+    if kind is int:
         return str(value)
-    text = str(value).strip()
+    if kind is bool:
+        return str(int(value))
+    if kind is float:
+        if value.is_integer() and abs(value) < 1e18:
+            return str(int(value))
+        return repr(value)
+    text = value.strip() if kind is str else str(value).strip()
     if not text:
         return None
-    try:
-        number = decimal.Decimal(text)
-    except decimal.InvalidOperation:
-        return text
-    if number.is_finite() and number == number.to_integral_value():
-        return str(int(number))
+    if _INTEGRAL_CODE.fullmatch(text):
+        return str(int(text.partition(".")[0]))
     return text
 
 
 def student_number_text(value: Any) -> str | None:
-    """student_number as an integer (1013.0 -> "1013"); None if not a number."""
-    text = code_text(value)
-    if text is None or not text.lstrip("-").isdigit():
+    """student_number as ASCII digits (" 1013 ", 1013.0 -> "1013"); None if it is not one."""
+    kind = type(value)
+    if kind is int:
+        return str(value) if value >= 0 else None
+    if kind is float:
+        return str(int(value)) if value.is_integer() and 0 <= value < 1e18 else None
+    if value is None or kind is bool:
         return None
-    return text
+    text = str(value).strip()
+    if _STUDENT_NUMBER.fullmatch(text):
+        return str(int(text.partition(".")[0]))
+    return None
+
+
+def shown_code(code: str) -> str:
+    """A code as a reason shows it: one line, not too long."""
+    text = escape_text(code)
+    return text if len(text) <= REASON_CODE_LENGTH else text[: REASON_CODE_LENGTH - 3] + "..."
 
 
 class Letter(NamedTuple):
@@ -709,8 +965,34 @@ class Letter(NamedTuple):
     reason: str  # why a value is blank (empty when it is not)
 
 
+class _Conflicting:
+    """A student's rows hold different values for one column."""
+
+    def __repr__(self) -> str:
+        return "CONFLICTING"
+
+
+CONFLICTING = _Conflicting()
+CONFLICT_REASON = "conflicting rows"
+Letters = tuple[Letter, Letter, Letter]  # Hispanic_Latino, Race, ELL
+
+
+def merged_code(values: Iterable[Any]) -> str | _Conflicting | None:
+    """One column of a student's rows: the code they agree on, or CONFLICTING."""
+    codes = {code_text(value) for value in values}
+    if len(codes) > 1:
+        return CONFLICTING
+    return codes.pop() if codes else None
+
+
+def _code(value: Any) -> str | _Conflicting | None:
+    return value if value is CONFLICTING else code_text(value)
+
+
 def hispanic_letter(fedethnicity: Any, profile: Profile) -> Letter:
-    code = code_text(fedethnicity)
+    code = _code(fedethnicity)
+    if code is CONFLICTING:
+        return Letter("", CONFLICT_REASON)
     if code in profile.hispanic_yes:
         return Letter("Y", "")
     if code in profile.hispanic_no:
@@ -719,263 +1001,473 @@ def hispanic_letter(fedethnicity: Any, profile: Profile) -> Letter:
         return Letter("", "no value")
     if code == "-1":
         return Letter("", "unanswered (-1)")
-    return Letter("", f"unknown code {code}")
+    return Letter("", f"unknown code {shown_code(code)}")
 
 
 def ell_letter(lep: Any, profile: Profile) -> Letter:
-    return Letter("Y" if code_text(lep) in profile.ell_yes else "N", "")
+    """NULL or no row is PowerSchool's unchecked box: N.  An unknown value is not."""
+    code = _code(lep)
+    if code is CONFLICTING:
+        return Letter("", CONFLICT_REASON)
+    if code is None or code in profile.ell_no:
+        return Letter("N", "")
+    if code in profile.ell_yes:
+        return Letter("Y", "")
+    return Letter("", f"unknown LEP code {shown_code(code)}")
 
 
-def studentrace_letter(race_code: Any, race_count: Any, profile: Profile) -> Letter:
-    """Race from STUDENTRACE: one race through the district map, two or more M."""
-    count = code_text(race_count)
-    if count is not None and count.isdigit() and int(count) >= 2:
+def studentrace_letter(race_codes: Iterable[Any], profile: Profile) -> Letter:
+    """Race from the student's STUDENTRACE codes: two or more different races give M."""
+    letters: set[str] = set()
+    unknown: set[str] = set()
+    blanked: set[str] = set()
+    for raw in race_codes:
+        code = code_text(raw)
+        if code is None:
+            continue
+        letter = profile.studentrace_codes.get(code)
+        if letter is None:
+            unknown.add(code)
+        elif letter:
+            letters.add(letter)
+        else:
+            blanked.add(code)
+    if len(letters) >= 2:
         return Letter("M", "")
-    code = code_text(race_code)
-    if code is None:
-        return Letter("", "no STUDENTRACE row")
-    letter = profile.studentrace_codes.get(code)
-    if letter is None:
-        return Letter("", f"unknown RACECD {code}")
-    return Letter(letter, "" if letter else f"RACECD {code} maps to blank")
+    if unknown:
+        return Letter("", f"unknown RACECD {shown_code(min(unknown))}")
+    if letters:
+        return Letter(letters.pop(), "")
+    if blanked:
+        return Letter("", f"RACECD {shown_code(min(blanked))} maps to blank")
+    return Letter("", "no STUDENTRACE row")
 
 
-def race_letter(state_race: Any, race_code: Any, race_count: Any, profile: Profile) -> Letter:
+def race_letter(state_race: Any, race_codes: Iterable[Any], profile: Profile) -> Letter:
     if profile.race_source == "studentrace":
-        return studentrace_letter(race_code, race_count, profile)
-    code = code_text(state_race)
+        return studentrace_letter(race_codes, profile)
+    code = _code(state_race)
+    if code is CONFLICTING:
+        return Letter("", CONFLICT_REASON)
     if code in profile.state_codes_without_race:
         if profile.studentrace_codes:
-            return studentrace_letter(race_code, race_count, profile)
+            return studentrace_letter(race_codes, profile)
         return Letter("", f"state code {code} carries no race (add race.studentrace_codes)")
     if code is None:
         return Letter("", "no value")
     letter = profile.state_codes.get(code)
     if letter is None:
-        return Letter("", f"unknown code {code}")
+        return Letter("", f"unknown code {shown_code(code)}")
     return Letter(letter, "" if letter else f"code {code} maps to blank")
 
 
-class StudentValues(NamedTuple):
-    student_number: str
-    Hispanic_Latino: Letter
-    Race: Letter
-    ELL: Letter
+def student_letters(profile: Profile, fedethnicity: Any, state_race: Any, lep: Any, race_codes) -> Letters:
+    """All three values for one student from its (merged) codes."""
+    return (
+        hispanic_letter(fedethnicity, profile),
+        race_letter(state_race, race_codes, profile),
+        ell_letter(lep, profile),
+    )
 
 
-Letters = tuple[Letter, Letter, Letter]  # Hispanic_Latino, Race, ELL
+def output_line(number: str, letters: Letters, columns: Iterable[str]) -> str:
+    """One line of the file, without its LF."""
+    values = dict(zip(VALUE_FIELDS, (letter.value for letter in letters), strict=True))
+    return "\t".join(number if column == "student_number" else values[column] for column in columns)
 
 
-# The query columns each output value is made from, in RowMapper's key order.
-CODE_COLUMNS = ("fedethnicity", "lep", "state_race", "race_code", "race_count")
+def changed_fields(letters: Letters, current: Iterable[Any], fields: Iterable[str]) -> tuple[str, ...]:
+    """Each field whose new value differs from what PowerSchool holds now."""
+    changes = []
+    for field, now in zip(fields, current, strict=True):
+        now_text = "" if now is None else str(now).strip()
+        new = letters[VALUE_FIELDS.index(field)].value
+        if now_text != new:
+            changes.append(f"{field} {escape_text(now_text) or '(blank)'} \u2192 {new or '(blank)'}")
+    return tuple(changes)
 
 
-class RowMapper:
-    """Turns rows of the export query into Clever's values. Pure: no I/O.
+SKIP_NO_NUMBER = "no numeric student_number"
+SKIP_TEST_NAME = "test-student name"
+SKIP_DUPLICATE = "duplicate student_number with different values"
 
-    A district has a handful of distinct code combinations, so the letters are
-    memoised by the row's raw codes: a million rows cost a million dictionary
-    look-ups, not a million parses.  Lines are memoised the same way, around
-    the student number.
+
+class _Combination:
+    """One memoised combination of raw codes: letters, line parts, students counted."""
+
+    __slots__ = ("after", "before", "letters", "students")
+
+    def __init__(self, letters: Letters, before: str, after: str):
+        self.letters, self.before, self.after, self.students = letters, before, after, 0
+
+
+class Student(NamedTuple):
+    """A student who gets a line (before --changed-only decides)."""
+
+    number: str
+    letters: Letters
+    before: str  # the line is before + number + after
+    after: str
+    row: tuple  # a row of the student's, for the current values
+
+
+class StudentMapper:
+    """Turns the export statement's rows into students and counts. Pure: no I/O.
+
+    Rows arrive ordered by student_number, so a student's rows (a second
+    extension row, one row per STUDENTRACE race, a second enrolment under the
+    same number) are neighbours.  The usual student is one row: its letters
+    and line parts are memoised by the row's raw codes, so a million students
+    cost a million dictionary look-ups, not a million parses.  The memo is
+    bounded: data where every code differs costs parsing time, never memory.
     """
 
-    def __init__(self, profile: Profile, columns: dict[str, int], exclude_names: Iterable[str]):
+    MEMO_LIMIT = 4096
+
+    def __init__(self, profile: Profile, statement: ExportStatement, summary: Summary):
         self.profile = profile
-        self.columns = columns
+        self.summary = summary
         self.fields = profile.value_fields()
-        self.excluded = frozenset(n.strip().casefold() for n in exclude_names if n.strip())
-        self.compares = all(name in columns for name in profile.current_columns())
-        self._number_at = columns["student_number"]
-        self._names_at = tuple(columns[n] for n in ("first_name", "last_name") if n in columns)
-        present = [name for name in CODE_COLUMNS if name in columns]
-        self._code_names = tuple(present)
-        self._codes_of = _tuple_getter([columns[name] for name in present])
-        self._letters: dict[tuple, Letters] = {}
-        self._line_parts: dict[Letters, tuple[str, str]] = {}
+        self.compares = statement.compares
+        at = {name: i for i, name in enumerate(statement.columns)}
+        self.number_at, self.dcid_at, self.test_at = at["student_number"], at["dcid"], at["test_name"]
+        names = ("fedethnicity", "state_race", "lep", "race_code")
+        self._code_at = tuple(at.get(name) for name in names)
+        self._codes_of = _tuple_getter([i for i in self._code_at if i is not None])
+        self._code_slots = tuple(slot for slot, i in enumerate(self._code_at) if i is not None)
+        current_at = [at[f"current_{field.lower()}"] for field in self.fields] if self.compares else []
+        self.current_of = _tuple_getter(current_at)
+        self._memo: dict[tuple, _Combination] = {}
+        self._parts: dict[tuple[str, ...], tuple[str, str]] = {}
+        self.skips: list[Skip] = []  # since the caller last logged them
+        self.seen_numbers = array.array("q")  # every student's number, for scattered duplicates
+        self.in_order = True  # numbers rose strictly, so duplicates were all neighbours
 
-    def letters(self, row: tuple) -> tuple[str | None, Letters | str]:
-        """(student_number, letters), or (None, why the student is skipped)."""
-        raw_number = row[self._number_at]
-        number = str(raw_number) if type(raw_number) is int else student_number_text(raw_number)
-        if number is None:
-            return None, f"student DCID {row[self.columns['dcid']]} has no numeric student_number"
-        if self.excluded:
-            for at in self._names_at:
-                name = row[at]
-                if name is not None and str(name).strip().casefold() in self.excluded:
-                    return None, f"student {number}: test-student name {name!r}"
+    def combination(self, row: tuple) -> _Combination:
+        """Letters and line parts for a student who is one row (memoised)."""
         codes = self._codes_of(row)
-        letters = self._letters.get(codes)
-        if letters is None:
-            letters = self._letters[codes] = self._decode(codes)
-        return number, letters
+        found = self._memo.get(codes)
+        if found is None:
+            if len(self._memo) >= self.MEMO_LIMIT:
+                self.fold_counts()
+                self._memo.clear()
+            by_slot: list[Any] = [None, None, None, None]
+            for slot, code in zip(self._code_slots, codes, strict=True):
+                by_slot[slot] = code
+            letters = student_letters(self.profile, *by_slot[:3], by_slot[3:])
+            found = self._memo[codes] = _Combination(letters, *self.line_parts(letters))
+        return found
 
-    def _decode(self, codes: tuple) -> Letters:
-        """Letters for one combination of raw codes; absent columns read as NULL."""
-        value = dict(zip(self._code_names, codes, strict=True)).get
-        profile = self.profile
-        return (
-            hispanic_letter(value("fedethnicity"), profile),
-            race_letter(value("state_race"), value("race_code"), value("race_count"), profile),
-            ell_letter(value("lep"), profile),
-        )
+    def fold_counts(self) -> None:
+        """Move the memo's student counts into the summary."""
+        for combination in self._memo.values():
+            if combination.students:
+                self.summary.add(combination.letters, combination.students)
+                combination.students = 0
 
-    def line(self, number: str, letters: Letters) -> str:
-        """The file line (without LF) in the profile's column order."""
-        parts = self._line_parts.get(letters)
+    def letters_of_rows(self, rows: list[tuple]) -> Letters:
+        """One student's several rows: each column merged; disagreement gives blank."""
+        merged: list[Any] = [
+            None if at is None else merged_code(row[at] for row in rows) for at in self._code_at[:3]
+        ]
+        race_at = self._code_at[3]
+        race_codes = () if race_at is None else [row[race_at] for row in rows]
+        return student_letters(self.profile, *merged, race_codes)
+
+    def line_parts(self, letters: Letters) -> tuple[str, str]:
+        """The line around the student number, memoised by the values."""
+        values = tuple(letter.value for letter in letters)
+        parts = self._parts.get(values)
         if parts is None:
-            template = output_line(StudentValues("\0", *letters), self.profile.columns)
-            parts = self._line_parts[letters] = tuple(template.split("\0"))
-        return parts[0] + number + parts[1]
+            before, _, after = output_line("\0", letters, self.profile.columns).partition("\0")
+            parts = self._parts[values] = (before, after)
+        return parts
+
+    def skip(self, reason: str, detail: str) -> None:
+        self.summary.skip(reason)
+        self.skips.append(Skip(reason, detail))
+
+    def student_of_rows(self, rows: list[tuple]) -> Student | None:
+        """The student behind rows that share a student_number, or None if skipped.
+
+        Rows of one DCID are one student (several extension or race rows).
+        Several DCIDs under one number are written once if they agree, and
+        not at all if they do not: the import would keep whichever came last.
+        """
+        by_dcid: dict[Any, list[tuple]] = {}
+        for row in rows:
+            by_dcid.setdefault(row[self.dcid_at], []).append(row)
+        students: list[tuple[Any, str, Letters, tuple]] = []
+        for dcid, dcid_rows in by_dcid.items():
+            first = dcid_rows[0]
+            if any(row[self.test_at] for row in dcid_rows):
+                self.skip(SKIP_TEST_NAME, f"student DCID {escape_text(dcid)}: test-student name")
+                continue
+            number = student_number_text(first[self.number_at])
+            if number is None:
+                self.skip(
+                    SKIP_NO_NUMBER,
+                    f"student DCID {escape_text(dcid)}: student_number "
+                    f"{escape_text(repr(first[self.number_at]))} is not a number",
+                )
+                continue
+            letters = (
+                self.combination(first).letters if len(dcid_rows) == 1 else self.letters_of_rows(dcid_rows)
+            )
+            students.append((dcid, number, letters, first))
+        if not students:
+            return None
+        number, letters, row = students[0][1], students[0][2], students[0][3]
+        values = {tuple(letter.value for letter in student[2]) for student in students}
+        if len(values) > 1:
+            dcids = ", ".join(escape_text(student[0]) for student in students)
+            self.skip(
+                SKIP_DUPLICATE,
+                f"student {number}: {len(students)} active rows (DCIDs {dcids}) with different values; "
+                "no line written until PowerSchool holds one student per number",
+            )
+            return None
+        self.summary.add(letters, 1)
+        return Student(number, letters, *self.line_parts(letters), row)
+
+    def describe(self, student: Student, rows: list[tuple]) -> str:
+        """The -v detail line: which source values became which Clever values."""
+
+        def source(slot: int) -> str:
+            at = self._code_at[slot]
+            if at is None:
+                return "-"
+            values = list(dict.fromkeys(escape_text(repr(row[at])) for row in rows))
+            return "/".join(values)
+
+        def shown(letter: Letter) -> str:
+            return letter.value or f"blank ({letter.reason})"
+
+        hispanic, race, ell = student.letters
+        return (
+            f"student {student.number}: FEDETHNICITY {source(0)} -> Hispanic_Latino {shown(hispanic)}; "
+            f"state race {source(1)}, RACECD {source(3)} -> Race {shown(race)}; "
+            f"LEP {source(2)} -> ELL {shown(ell)}"
+        )
 
 
 def _tuple_getter(indexes: list[int]) -> Callable[[tuple], tuple]:
     """Like operator.itemgetter, but always returns a tuple."""
     if len(indexes) >= 2:
         return operator.itemgetter(*indexes)
-    return lambda row: tuple(row[i] for i in indexes)
+    if len(indexes) == 1:
+        index = indexes[0]
+        return lambda row: (row[index],)
+    return lambda row: ()
 
 
-def changed_fields(
-    values: StudentValues, row: tuple, columns: dict[str, int], fields: Iterable[str] = VALUE_FIELDS
-) -> tuple[str, ...]:
-    """Each field whose new value differs from what PowerSchool holds now."""
-    changes = []
-    for field in fields:
-        current = row[columns[CURRENT_COLUMN_OF[field]]]
-        current_text = "" if current is None else str(current).strip()
-        new = getattr(values, field).value
-        if current_text != new:
-            changes.append(f"{field} {current_text or '(blank)'} \u2192 {new or '(blank)'}")
-    return tuple(changes)
+class Skip(NamedTuple):
+    reason: str  # what the summary and the report count
+    detail: str  # the log line: names the student, so the log file only
 
 
-def output_line(values: StudentValues, columns: Iterable[str]) -> str:
-    """One line of the file, without its LF."""
-    return "\t".join(
-        values.student_number if column == "student_number" else getattr(values, column).value
-        for column in columns
-    )
-
-
-def describe_mapping(values: StudentValues, row: tuple, columns: dict[str, int]) -> str:
-    """The -v detail line: which source value became which Clever value."""
-
-    def source(name: str) -> str:
-        return repr(row[columns[name]]) if name in columns else "-"
-
-    def shown(letter: Letter) -> str:
-        return letter.value or f"blank ({letter.reason})"
-
-    return (
-        f"student {values.student_number}: FEDETHNICITY {source('fedethnicity')} -> Hispanic_Latino "
-        f"{shown(values.Hispanic_Latino)}; state race {source('state_race')}, RACECD "
-        f"{source('race_code')} x{source('race_count')} -> Race {shown(values.Race)}; "
-        f"LEP {source('lep')} -> ELL {shown(values.ELL)}"
-    )
+REPORT_REASONS = 20  # the --dry-run report lists this many reasons per field
+REASONS_KEPT = 1000  # distinct reasons counted per field; the rest are "other"
 
 
 @dataclasses.dataclass
 class Summary:
-    """Counts for the summary line and the --dry-run report."""
+    """Counts for the summary line and the --dry-run report; bounded whatever the data."""
 
     fields: tuple[str, ...] = VALUE_FIELDS
     written: int = 0
-    skipped: int = 0
     changed: int = 0
     compared: bool = False
-    # Students per combination of letters; every other count derives from it.
-    combinations: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    active: int = 0  # students exported before --changed-only chooses
+    values: dict[str, collections.Counter] = dataclasses.field(default_factory=dict)
+    reasons: dict[str, collections.Counter] = dataclasses.field(default_factory=dict)
+    other_reasons: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
-    def count(self, letters: Letters) -> None:
-        self.combinations[letters] += 1
+    def add(self, letters: Letters, students: int) -> None:
+        self.active += students
+        for field, letter in zip(VALUE_FIELDS, letters, strict=True):
+            self.values.setdefault(field, collections.Counter())[letter.value] += students
+            if not letter.value:
+                reasons = self.reasons.setdefault(field, collections.Counter())
+                if letter.reason in reasons or len(reasons) < REASONS_KEPT:
+                    reasons[letter.reason] += students
+                else:
+                    self.other_reasons[field] += students
 
-    @property
-    def active(self) -> int:
-        """Active students exported (before --changed-only)."""
-        return self.combinations.total()
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] += 1
 
-    def letter_counts(self, field: str) -> collections.Counter:
-        position = VALUE_FIELDS.index(field)
-        counts: collections.Counter = collections.Counter()
-        for letters, students in self.combinations.items():
-            counts[letters[position]] += students
-        return counts
+    def remove(self, letters: Letters, students: int = 1) -> None:
+        """Take back students counted before they turned out to be duplicates."""
+        self.add(letters, -students)
 
     def blanks(self, field: str) -> int:
-        return sum(n for letter, n in self.letter_counts(field).items() if not letter.value)
+        return self.values.get(field, collections.Counter())[""]
 
     def line(self, seconds: float) -> str:
         changed = f", changed {self.changed}" if self.compared else ""
         blanks = "".join(f", blank {field} {self.blanks(field)}" for field in self.fields)
         return (
-            f"summary: written {self.written}, skipped {self.skipped}, active {self.active}"
+            f"summary: written {self.written}, skipped {self.skipped.total()}, active {self.active}"
             f"{changed}{blanks}, seconds {seconds:.2f}"
         )
 
     def report(self) -> str:
         lines = ["dry run: nothing uploaded", f"  active students: {self.active}"]
         for field in self.fields:
-            by_letter = self.letter_counts(field)
-            values: collections.Counter = collections.Counter()
-            reasons: collections.Counter = collections.Counter()
-            for letter, students in by_letter.items():
-                values[letter.value] += students
-                if not letter.value:
-                    reasons[letter.reason] += students
-            counts = ", ".join(f"{value or 'blank'} {n}" for value, n in sorted(values.items()))
+            values = self.values.get(field, collections.Counter())
+            counts = ", ".join(f"{value or 'blank'} {n}" for value, n in sorted(values.items()) if n)
             lines.append(f"  {field}: {counts or 'none'}")
-            lines.extend(f"    blank, {reason}: {n}" for reason, n in reasons.most_common())
-        lines.append(f"  skipped: {self.skipped}")
+            reasons = self.reasons.get(field, collections.Counter())
+            ranked = [(reason, n) for reason, n in reasons.most_common() if n > 0]
+            lines.extend(f"    blank, {reason}: {n}" for reason, n in ranked[:REPORT_REASONS])
+            rest = sum(n for _, n in ranked[REPORT_REASONS:]) + self.other_reasons[field]
+            if rest:
+                more = len(ranked) - REPORT_REASONS + (1 if self.other_reasons[field] else 0)
+                lines.append(
+                    f"    blank, and {max(more, 1)}{'+' if self.other_reasons[field] else ''} more reasons: {rest}"
+                )
+        lines.append(f"  skipped: {self.skipped.total()}")
+        lines.extend(f"    {reason}: {n}" for reason, n in self.skipped.most_common())
         if self.compared:
             lines.append(f"  would change: {self.changed} of {self.active}")
         else:
-            lines.append("  would change: not compared (the profile names no current_values table)")
+            lines.append("  would change: not compared (no current_values table to compare with)")
         return "\n".join(lines)
 
 
-def export_lines(
-    rows: Iterable[tuple], mapper: RowMapper, summary: Summary, changed_only: bool
-) -> Iterator[str]:
-    """Lines for the file; counts every student into `summary` as it goes."""
-    detail = LOG.isEnabledFor(logging.DEBUG)
+# Rows are grouped by their raw student_number; a sentinel row ends the last group.
+_END = object()
+
+
+def export_lines(rows: Iterable[tuple], mapper: StudentMapper, changed_only: bool) -> Iterator[str]:
+    """Lines for the file, one per student; counts every student into mapper.summary.
+
+    The loop is the export's hot path: a one-row student takes the memoised
+    combination without building anything; students with several rows go
+    through StudentMapper.student_of_rows.
+    """
+    summary = mapper.summary
+    detail = STUDENT_LOG.isEnabledFor(logging.DEBUG)
     compares = mapper.compares
-    for row in rows:
-        number, letters = mapper.letters(row)
-        if number is None:
-            summary.skipped += 1
-            LOG.info("skipped %s", letters)
+    fields = mapper.fields
+    number_at, test_at = mapper.number_at, mapper.test_at
+    combination = mapper.combination
+    remember = mapper.seen_numbers.append
+    previous = -1
+    in_order = True
+    group_first: tuple | None = None
+    group_number: Any = _END
+    group_more: list[tuple] | None = None
+    end_row = [None] * (number_at + 1)
+    end_row[number_at] = _END
+    for row in itertools.chain(rows, (tuple(end_row),)):
+        raw = row[number_at]
+        if raw == group_number and raw is not _END:
+            if group_more is None:
+                group_more = [row]
+            else:
+                group_more.append(row)
             continue
-        summary.count(letters)
-        if detail or compares:
-            values = StudentValues(number, *letters)
-            if detail:
-                LOG.debug("%s", describe_mapping(values, row, mapper.columns))
-            changes = changed_fields(values, row, mapper.columns, mapper.fields) if compares else ()
-            if changes:
-                summary.changed += 1
-                if changed_only:
-                    LOG.info("student %s: %s", number, "; ".join(changes))
-            elif changed_only:
-                continue
-        summary.written += 1
-        yield mapper.line(number, letters)
+        if group_first is not None:
+            student = None
+            if (
+                group_more is None
+                and type(group_number) is int
+                and group_number >= 0
+                and not group_first[test_at]
+            ):
+                found = combination(group_first)
+                found.students += 1
+                number = str(group_number)
+                value = group_number
+                if not (detail or compares):
+                    if value <= previous:
+                        in_order = False
+                    previous = value
+                    try:
+                        remember(value)
+                    except OverflowError:
+                        in_order = False
+                    summary.written += 1
+                    yield found.before + number + found.after
+                    group_first, group_number, group_more = row, raw, None
+                    continue
+                student = Student(number, found.letters, found.before, found.after, group_first)
+                group_rows = [group_first]
+            else:
+                group_rows = [group_first, *(group_more or ())]
+                student = mapper.student_of_rows(group_rows)
+                if mapper.skips:
+                    for skipped in mapper.skips:
+                        STUDENT_LOG.info("skipped: %s", skipped.detail)
+                        if skipped.reason == SKIP_DUPLICATE:
+                            STUDENT_LOG.warning("%s", skipped.detail)
+                    mapper.skips.clear()
+            if student is not None:
+                value = int(student.number)
+                if value <= previous:
+                    in_order = False
+                previous = value
+                try:
+                    remember(value)
+                except OverflowError:
+                    in_order = False
+                if detail:
+                    STUDENT_LOG.debug("%s", mapper.describe(student, group_rows))
+                write = True
+                if compares:
+                    changes = changed_fields(student.letters, mapper.current_of(student.row), fields)
+                    if changes:
+                        summary.changed += 1
+                        if changed_only:
+                            STUDENT_LOG.info("student %s: %s", student.number, "; ".join(changes))
+                    elif changed_only:
+                        write = False
+                if write:
+                    summary.written += 1
+                    yield student.before + student.number + student.after
+        group_first, group_number, group_more = row, raw, None
+    mapper.fold_counts()
+    mapper.in_order = in_order
 
 
 # =============================================================================
-# File: UTF-8, LF, tab-delimited, replaced atomically
+# File: UTF-8, LF, tab-delimited, owner-only, replaced atomically
 # =============================================================================
+
+OWNER_ONLY = 0o600  # student data: the service account alone reads it (Linux/macOS)
+
+
+def narrow_to_owner(path: Path | str, descriptor: int | None = None) -> None:
+    """Make a file the script writes mode 600 whatever the umask (no-op on Windows,
+    where the folder's ACL decides: see README, Where student data goes)."""
+    if os.name != "posix":
+        return
+    if descriptor is not None:
+        os.fchmod(descriptor, OWNER_ONLY)
+    else:
+        os.chmod(path, OWNER_ONLY)
 
 
 def write_export(lines: Iterable[str], path: Path, header: Iterable[str] | None = None) -> int:
     """Write the lines to `path` via a temporary file and rename; return bytes written.
 
     newline="\\n" keeps LF on Windows; encoding="utf-8" (no BOM) whatever the
-    system code page.  A crash leaves the previous file, never half a file.
+    system code page.  The temporary file is created mode 600, so the renamed
+    file is too.  A crash or a full disk leaves the previous file, never half a file.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise ConfigError(
+            f"cannot create a file in {path.parent} ({error.strerror}); give the account that runs "
+            "the job write access to that folder, or choose another with --output"
+        ) from None
+    try:
+        narrow_to_owner(temp_name, descriptor)
         with open(descriptor, "w", encoding="utf-8", newline="\n") as handle:
             if header is not None:
                 handle.write("\t".join(header) + "\n")
@@ -984,29 +1476,111 @@ def write_export(lines: Iterable[str], path: Path, header: Iterable[str] | None 
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp_name, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(OSError):
             os.unlink(temp_name)
+        if isinstance(error, OSError) and not isinstance(error, socket.timeout):
+            raise ConfigError(
+                f"cannot write {path} ({error.strerror or error}); the previous file is unchanged. "
+                "Free disk space or fix the folder's permissions, then rerun"
+            ) from None
         raise
     return path.stat().st_size
 
 
+def remove_stale_temporaries(path: Path) -> None:
+    """Temporary files a killed run left beside the output (never more than one a run)."""
+    for stale in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+
+
+def glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", text)
+
+
+def drop_scattered_duplicates(
+    path: Path, mapper: StudentMapper, columns: tuple[str, ...], header: bool
+) -> None:
+    """Duplicates that did not arrive together (student_number stored as text in
+    different forms, '1013' and '1013.0'): one line if they agree, none if not.
+
+    Rare, so done afterwards on the local file, before any upload.
+    """
+    if mapper.in_order:
+        return
+    ordered = sorted(mapper.seen_numbers)
+    repeated = {a for a, b in itertools.pairwise(ordered) if a == b}
+    del ordered
+    if not repeated:
+        return
+    number_at = columns.index("student_number")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    head, body = (lines[:1], lines[1:]) if header else ([], lines)
+    values_of: dict[int, set[tuple[str, ...]]] = collections.defaultdict(set)
+    for line in body:
+        parts = line.split("\t")
+        number = int(parts[number_at])
+        if number in repeated:
+            values_of[number].add(tuple(parts[:number_at] + parts[number_at + 1 :]))
+    kept: list[str] = []
+    written_once: set[int] = set()
+    summary = mapper.summary
+    for line in body:
+        number = int(line.split("\t")[number_at])
+        if number not in repeated:
+            kept.append(line)
+        elif len(values_of[number]) == 1 and number not in written_once:
+            written_once.add(number)
+            kept.append(line)
+    for number in sorted(repeated):
+        summary.active -= 1
+        if len(values_of[number]) != 1:
+            summary.active -= 1
+            summary.skip(SKIP_DUPLICATE)
+            STUDENT_LOG.warning(
+                "student %s: active rows with different values under one student_number "
+                "(stored in different forms); no line written",
+                number,
+            )
+    summary.written = len(kept)
+    write_export(kept, path, head[0].split("\t") if head else None)
+
+
 def read_state(path: Path) -> dict[str, Any]:
-    """The last successful upload's record, or {} if there is none yet."""
+    """The run record beside the script, or {} if there is none yet."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        record = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as error:
-        raise ConfigError(
-            f"state file {path} cannot be read ({error}); fix or delete it "
-            "(the next run then has no previous count to compare)"
+        raise GuardError(
+            f"state file {path} cannot be read ({escape_text(error)}); the safety guard cannot "
+            "compare with the last upload. Check it, or rerun with --force to upload and rewrite it"
         ) from None
+    if not isinstance(record, dict):
+        raise GuardError(
+            f"state file {path} is not a record of runs; rerun with --force to upload and rewrite it"
+        )
+    return record
 
 
-def write_state(path: Path, students: int) -> None:
-    record = {"last_upload": {"students": students, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
-    write_export([json.dumps(record, indent=2)], path)
+def previous_upload_count(state: dict[str, Any], path: Path) -> int | None:
+    """The last upload's student count, or None before the first upload."""
+    last = state.get("last_upload")
+    if last is None:
+        return None
+    count = last.get("students") if isinstance(last, dict) else None
+    if type(count) is not int or count < 0:
+        raise GuardError(
+            f"state file {path} holds no usable student count for the last upload ({escape_text(repr(count))}); "
+            "rerun with --force to upload and rewrite it"
+        )
+    return count
+
+
+def write_state(path: Path, state: dict[str, Any]) -> None:
+    write_export([json.dumps(state, indent=2, sort_keys=True)], path)
 
 
 def check_guard(students: int, previous: int | None, max_drop_percent: float) -> None:
@@ -1031,29 +1605,82 @@ def check_guard(students: int, previous: int | None, max_drop_percent: float) ->
 # =============================================================================
 
 
-def load_known_hosts(known_hosts_path: Path, sftp: SftpSettings) -> None:
-    """Check, before any work, that known_hosts is readable (else ConfigError)
-    and holds the server (else SftpError); connecting then verifies the key."""
+class KnownHosts(NamedTuple):
+    entries: list  # paramiko HostKeyEntry, for the lines that name a host and a key
+    revoked: list  # paramiko PKey of every @revoked line
+
+
+def read_known_hosts(sftp: SftpSettings) -> KnownHosts:
+    """Parse known_hosts as OpenSSH does; a line we cannot use is skipped with a warning."""
     import paramiko
 
-    if not known_hosts_path.is_file():
-        raise ConfigError(
-            f"known_hosts file {known_hosts_path} does not exist; create it with the "
-            "server's key (run --show-host-key and see README, Host key)"
-        )
-    host_keys = paramiko.HostKeys()
+    path = sftp.known_hosts_path
+    if path.is_dir():
+        raise ConfigError(f"known_hosts {path} is a directory, not a file; check --known-hosts")
     try:
-        host_keys.load(str(known_hosts_path))
-    except (OSError, UnicodeDecodeError) as error:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
         raise ConfigError(
-            f"known_hosts file {known_hosts_path} cannot be read ({error}); check its permissions"
+            f"known_hosts file {path} does not exist; create it with the "
+            "server's key (run --show-host-key and see README, Host key)"
         ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"known_hosts file {path} is not UTF-8 text (was it saved by a word processor?); "
+            "recreate it with the line --show-host-key prints"
+        ) from None
+    except OSError as error:
+        raise ConfigError(
+            f"known_hosts file {path} cannot be read ({error.strerror}); give the account "
+            "that runs the job read access to it"
+        ) from None
+    entries, revoked = [], []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        marker = ""
+        if line.startswith("@"):
+            marker, _, line = line.partition(" ")
+            line = line.strip()
+            if marker != "@revoked":
+                LOG.warning(
+                    "known_hosts %s line %d skipped: %s lines are not supported", path, number, marker[:20]
+                )
+                continue
+        try:
+            entry = paramiko.hostkeys.HostKeyEntry.from_line(line, number)
+        except (paramiko.hostkeys.InvalidHostKey, paramiko.SSHException, ValueError) as error:
+            LOG.warning(
+                "known_hosts %s line %d skipped: %s", path, number, escape_text(_first_line(error))[:80]
+            )
+            continue
+        if entry is None:
+            LOG.warning("known_hosts %s line %d skipped: unknown key type or too few fields", path, number)
+        elif marker == "@revoked":
+            revoked.append(entry.key)
+        else:
+            entries.append(entry)
+    return KnownHosts(entries, revoked)
+
+
+def check_known_hosts(sftp: SftpSettings) -> KnownHosts:
+    """Before any work: known_hosts is readable (else ConfigError) and names the
+    server (else SftpError).  Connecting verifies the key itself."""
+    import paramiko
+
+    known = read_known_hosts(sftp)
+    host_keys = paramiko.HostKeys()
+    for entry in known.entries:
+        for name in entry.hostnames:
+            host_keys.add(name, entry.key.get_name(), entry.key)
     if host_keys.lookup(sftp.known_hosts_name) is None:
         raise SftpError(
-            f"{known_hosts_path} has no host key for {sftp.known_hosts_name}; run "
+            f"{sftp.known_hosts_path} has no usable host key for {sftp.known_hosts_name}; run "
             "clever_export.py --show-host-key, compare the fingerprint with the server's, "
             "and add the line it prints"
         )
+    return known
 
 
 def fingerprint_line(key, host_name: str) -> str:
@@ -1062,91 +1689,252 @@ def fingerprint_line(key, host_name: str) -> str:
     return f"{key.get_bits()} {key.fingerprint} {host_name} ({kind})"
 
 
-def open_sftp(sftp: SftpSettings, known_hosts_path: Path, timeout: float):
-    """Log in with the host key checked against known_hosts; return (client, sftp)."""
+def load_client_key(sftp: SftpSettings):
+    """The SFTP login key, loaded before any work: every problem is exit 2, named."""
     import paramiko
 
+    path = sftp.key_file
+    name = "D118_SFTP_KEY_FILE"
+    if path.is_dir():
+        raise ConfigError(f"{name} {path} is a directory; point it at the private key file")
+    try:
+        head = path.read_bytes()[:64]
+    except FileNotFoundError:
+        raise ConfigError(f"{name} {path} does not exist; check the path") from None
+    except OSError as error:
+        raise ConfigError(f"{name} {path} cannot be read ({error.strerror}); check its owner") from None
+    if head.startswith(b"PuTTY-User-Key-File"):
+        raise ConfigError(
+            f"{name} {path} is a PuTTY .ppk key; convert it to OpenSSH format with "
+            f"puttygen {path.name} -O private-openssh -o {path.stem} and point {name} at the result"
+        )
+    if os.name == "posix" and path.stat().st_mode & 0o077:
+        raise ConfigError(
+            f"{name} {path} is readable by other users, so it is refused (as OpenSSH refuses it); "
+            f"run: chmod 600 {path}"
+        )
+    passphrase = sftp.key_passphrase.reveal().encode("utf-8") if sftp.key_passphrase else None
+    try:
+        return paramiko.PKey.from_path(str(path), passphrase)
+    except (paramiko.SSHException, ValueError, TypeError) as error:
+        failure = error
+    if _key_is_encrypted(path):
+        if passphrase is None:
+            raise ConfigError(f"{name} {path} is encrypted; set D118_SFTP_KEY_PASSPHRASE")
+        raise ConfigError(f"D118_SFTP_KEY_PASSPHRASE does not open {name} {path}; check the passphrase")
+    raise ConfigError(
+        f"{name} {path} is not a private key paramiko can read ({escape_text(_first_line(failure))[:80]}); "
+        "use an OpenSSH-format key (ssh-keygen -t ed25519 -f KEY)"
+    )
+
+
+def _key_is_encrypted(path: Path) -> bool:
+    """Whether the key needs a passphrase (loading it without one says so)."""
+    import paramiko
+
+    try:
+        paramiko.PKey.from_path(str(path), None)
+    except TypeError as error:
+        return "password" in str(error).lower()
+    except (paramiko.SSHException, ValueError):
+        return False
+    return False
+
+
+class _KnownHostsOnly:
+    """Refuse an unknown host key, as RejectPolicy does, naming a revoked one."""
+
+    def __init__(self, revoked: list):
+        self.revoked = revoked
+
+    def missing_host_key(self, client, hostname, key) -> None:
+        raise _UnknownHostKey(key)
+
+
+class _UnknownHostKey(Exception):
+    def __init__(self, key):
+        super().__init__("host key not found in known_hosts")
+        self.key = key
+
+
+class _KexOffers(logging.Handler):
+    """Keeps what the server offered in key exchange, from paramiko's debug log."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.offers: dict[str, str] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        for prefix in ("kex algos", "server key", "server encrypt", "server mac"):
+            if message.startswith(prefix + ":"):
+                self.offers[prefix] = message.partition(":")[2].strip()
+
+
+def open_sftp(sftp: SftpSettings, known: KnownHosts | None = None, client_key=None):
+    """Log in with the host key checked against known_hosts; return (client, session)."""
+    import paramiko
+
+    known = known or check_known_hosts(sftp)
     client = paramiko.SSHClient()
-    client.load_host_keys(str(known_hosts_path))
-    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    for entry in known.entries:
+        if any(entry.key == revoked for revoked in known.revoked):
+            continue  # a revoked key is never accepted, even where a line lists it
+        for name in entry.hostnames:
+            client.get_host_keys().add(name, entry.key.get_name(), entry.key)
+    client.set_missing_host_key_policy(_KnownHostsOnly(known.revoked))
+    if client_key is None and sftp.key_file is not None:
+        client_key = load_client_key(sftp)
+    offers = _KexOffers()
+    transport_log = logging.getLogger("paramiko.transport")
+    transport_log.addHandler(offers)
+    level = transport_log.level
+    transport_log.setLevel(logging.DEBUG)
     try:
         client.connect(
             sftp.host,
             port=sftp.port,
             username=sftp.username,
             password=sftp.password.reveal() if sftp.password else None,
-            key_filename=str(sftp.key_file) if sftp.key_file else None,
-            passphrase=sftp.key_passphrase.reveal() if sftp.key_passphrase else None,
-            timeout=timeout,
-            banner_timeout=timeout,
-            auth_timeout=timeout,
-            channel_timeout=timeout,
+            pkey=client_key,
+            timeout=sftp.timeout,
+            banner_timeout=sftp.timeout,
+            auth_timeout=sftp.timeout,
+            channel_timeout=sftp.timeout,
             allow_agent=False,
             look_for_keys=False,
         )
         session = client.open_sftp()
-        session.get_channel().settimeout(timeout)
+        session.get_channel().settimeout(sftp.timeout)
     except BaseException as error:
         client.close()
-        raise sftp_failure(error, sftp, known_hosts_path) from None
+        raise sftp_failure(error, sftp, known, offers.offers) from None
+    finally:
+        transport_log.removeHandler(offers)
+        transport_log.setLevel(level)
     return client, session
 
 
-def sftp_failure(error: BaseException, sftp: SftpSettings, known_hosts_path: Path) -> BaseException:
+class RemoteWriteRefused(Exception):
+    """The SFTP server answered a write with Failure (disk full, quota)."""
+
+
+def sftp_failure(
+    error: BaseException,
+    sftp: SftpSettings,
+    known: KnownHosts | None = None,
+    offers: dict[str, str] | None = None,
+    remote_dir: str = "",
+) -> BaseException:
     """Translate a paramiko or socket error into one actionable SftpError."""
     import paramiko
 
     where = f"{sftp.host}:{sftp.port}"
+    in_dir = f" in {remote_dir}" if remote_dir else ""
+    revoked = known.revoked if known else []
     if isinstance(error, ExportError) or not isinstance(error, Exception):
         return error
+    if isinstance(error, _UnknownHostKey) or (
+        isinstance(error, paramiko.BadHostKeyException) and any(error.key == key for key in revoked)
+    ):
+        if any(error.key == key for key in revoked):
+            return SftpError(
+                f"host key of {where} ({error.key.fingerprint}) is marked @revoked in "
+                f"{sftp.known_hosts_path}; the server must get a new key: ask its administrator"
+            )
+        return SftpError(
+            f"{where} offered a host key that is not in {sftp.known_hosts_path}; run "
+            "clever_export.py --show-host-key, compare the fingerprint with the server's, "
+            "and add the line it prints"
+        )
     if isinstance(error, paramiko.BadHostKeyException):
         return SftpError(
             f"host key of {where} does not match known_hosts ({error.key.fingerprint} offered, "
             f"{error.expected_key.fingerprint} expected): possibly an attack, or the server was "
-            f"rebuilt; ask its administrator, then replace its line in {known_hosts_path}"
+            f"rebuilt; ask its administrator, then replace its line in {sftp.known_hosts_path}"
         )
-    if isinstance(error, paramiko.SSHException) and "not found in known_hosts" in str(error):
+    if isinstance(error, paramiko.IncompatiblePeer):
+        offered = "; ".join(f"{kind}: {text}" for kind, text in (offers or {}).items())
         return SftpError(
-            f"{where} is not in {known_hosts_path}; run clever_export.py --show-host-key, "
-            "compare the fingerprint with the server's, and add the line it prints"
+            f"no common algorithm with {where} ({_first_line(error)}); the server offered "
+            f"{offered or 'nothing paramiko could read'}. Ask its administrator to enable a current "
+            "algorithm (e.g. curve25519-sha256, ssh-ed25519, aes256-ctr, hmac-sha2-256)"
         )
-    if isinstance(error, paramiko.PasswordRequiredException):
-        return SftpError(f"key file {sftp.key_file} is encrypted; set D118_SFTP_KEY_PASSPHRASE")
     if isinstance(error, paramiko.AuthenticationException):
         return SftpError(
             f"SFTP login as {sftp.username} on {where} failed ({_first_line(error)}); check "
             "D118_SFTP_USERNAME and D118_SFTP_PASSWORD or D118_SFTP_KEY_FILE"
         )
+    if isinstance(error, RemoteWriteRefused):
+        return SftpError(f"SFTP server {where} {error}; free space or raise the quota there, then rerun")
     if isinstance(error, PermissionError):
         return SftpError(
-            f"SFTP server {where} refused access ({_first_line(error)}); "
+            f"SFTP server {where} refused access{in_dir} ({_first_line(error)}); "
             f"give {sftp.username} write permission on the remote directory"
         )
     if isinstance(error, FileNotFoundError):
         return SftpError(
-            f"SFTP path not found on {where} ({_first_line(error)}); "
+            f"SFTP path not found on {where}{in_dir} ({_first_line(error)}); "
             "create the remote directory or fix --remote-dir"
         )
     if isinstance(error, socket.gaierror):
         return SftpError(f"cannot resolve SFTP host {sftp.host!r}; check D118_SFTP_ADDRESS")
     if isinstance(error, (OSError, EOFError, paramiko.SSHException)):
         return TransientSftpError(
-            f"SFTP connection to {where} failed: {_first_line(error)}; check the server is up "
+            f"SFTP connection to {where} failed{in_dir}: {_first_line(error)}; check the server is up "
             "and reachable (D118_SFTP_ADDRESS, D118_SFTP_PORT, firewall)"
         )
     return error
 
 
-def put_atomically(session, local_path: Path, remote_dir: str, final_name: str) -> int:
+UPLOAD_CHUNK = 32768
+
+
+def put_atomically(session, local_path: Path, remote_dir: str, final_name: str, mode: int) -> int:
     """Upload to a temporary name, rename over the final one, check the size.
 
-    The temporary name is fixed, so a retry or the next night overwrites a
-    leftover instead of piling up partial files.
+    Whatever stands at the temporary name (a leftover, a file someone made
+    read-only, a planted symlink) is removed, then the file is created
+    exclusively, so a link is never written through; its mode is set before
+    the first byte.  The name is fixed, so retries never pile up partials.
     """
     final_path = posixpath.join(remote_dir, final_name)
     partial_path = posixpath.join(remote_dir, f".{final_name}.partial")
     local_size = local_path.stat().st_size
-    session.put(str(local_path), partial_path, confirm=True)  # confirm: checks the partial's size
+    with contextlib.suppress(FileNotFoundError):
+        session.remove(partial_path)
+    written = 0
+    try:
+        with session.open(partial_path, "wbx") as remote, open(local_path, "rb") as local:
+            remote.chmod(mode)
+            remote.set_pipelined(True)
+            while chunk := local.read(UPLOAD_CHUNK):
+                remote.write(chunk)
+                written += len(chunk)
+    except OSError as error:
+        if written and type(error) is OSError and error.errno is None and "Failure" in str(error):
+            with contextlib.suppress(OSError):
+                session.remove(partial_path)
+            raise RemoteWriteRefused(
+                f"refused the write of {local_size} bytes in {remote_dir} (SFTP Failure after "
+                f"{written} bytes: disk full or quota)"
+            ) from None
+        raise
+    partial_size = session.lstat(partial_path).st_size
+    if partial_size != local_size:
+        with contextlib.suppress(OSError):
+            session.remove(partial_path)
+        raise RemoteWriteRefused(
+            f"kept {partial_size} of the {local_size} bytes written in {remote_dir} (disk full or quota)"
+        )
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISDIR(session.lstat(final_path).st_mode):
+            with contextlib.suppress(OSError):
+                session.remove(partial_path)
+            raise SftpError(
+                f"the remote path {final_path} is a directory, so nothing was moved; "
+                "remove it on the server or change output.file_name"
+            )
     try:
         session.posix_rename(partial_path, final_path)
     except (FileNotFoundError, PermissionError):
@@ -1155,19 +1943,19 @@ def put_atomically(session, local_path: Path, remote_dir: str, final_name: str) 
         # No posix-rename@openssh.com: plain SFTP rename refuses to replace,
         # so move the old file aside first and put it back if that fails.
         _replace_without_posix_rename(session, partial_path, final_path)
-    remote_size = session.stat(final_path).st_size
-    if remote_size != local_size:
+    final = session.lstat(final_path)
+    if not stat.S_ISREG(final.st_mode) or final.st_size != local_size:
         raise SftpError(
-            f"{final_path} on the server has {remote_size} bytes, expected {local_size}; "
+            f"{final_path} on the server is not the {local_size}-byte file just uploaded; "
             "check the server's disk space and rerun"
         )
-    return remote_size
+    return final.st_size
 
 
 def _replace_without_posix_rename(session, partial_path: str, final_path: str) -> None:
     previous_path = final_path + ".previous"
     try:
-        session.stat(final_path)
+        session.lstat(final_path)
     except FileNotFoundError:
         session.rename(partial_path, final_path)
         return
@@ -1183,63 +1971,71 @@ def _replace_without_posix_rename(session, partial_path: str, final_path: str) -
 
 
 def upload(
-    local_path: Path,
-    remote_dir: str,
-    final_name: str,
-    sftp: SftpSettings,
-    known_hosts_path: Path,
-    timeout: float,
-    retries: int,
-    retry_wait: float,
+    local_path: Path, sftp: SftpSettings, remote_dir: str, final_name: str, mode: int, retry: RetryPolicy
 ) -> int:
     """Upload with retries for transient network failures; return remote bytes."""
-    for attempt in range(1, retries + 1):
+    known = check_known_hosts(sftp)
+    client_key = load_client_key(sftp) if sftp.key_file else None
+    for attempt in range(1, retry.attempts + 1):
         try:
-            client, session = open_sftp(sftp, known_hosts_path, timeout)
+            client, session = open_sftp(sftp, known, client_key)
             try:
-                return put_atomically(session, local_path, remote_dir, final_name)
+                return put_atomically(session, local_path, remote_dir, final_name, mode)
             except BaseException as error:
-                raise sftp_failure(error, sftp, known_hosts_path) from None
+                raise sftp_failure(error, sftp, known, remote_dir=remote_dir) from None
             finally:
                 client.close()
         except TransientSftpError as error:
-            if attempt == retries:
-                raise SftpError(f"{error} (gave up after {retries} attempts)") from None
-            wait = retry_wait * 2 ** (attempt - 1)
-            LOG.warning("upload attempt %d of %d failed: %s; retrying in %gs", attempt, retries, error, wait)
+            if attempt == retry.attempts:
+                raise SftpError(f"{error} (gave up after {retry.attempts} attempts)") from None
+            wait = retry.wait * 2 ** (attempt - 1)
+            LOG.warning(
+                "upload attempt %d of %d failed: %s; retrying in %gs", attempt, retry.attempts, error, wait
+            )
             time.sleep(wait)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def fetch_host_key(sftp: SftpSettings, known_hosts_path: Path, timeout: float):
+def probe_remote_dir(session, sftp: SftpSettings, remote_dir: str) -> None:
+    """Prove the remote directory writable (for --check) with a file removed at once."""
+    probe_path = posixpath.join(remote_dir, f".clever_export_probe_{os.getpid()}")
+    try:
+        with session.open(probe_path, "wbx") as probe:
+            probe.write(b"probe\n")
+        session.remove(probe_path)
+    except BaseException as error:
+        raise sftp_failure(error, sftp, remote_dir=remote_dir) from None
+
+
+def fetch_host_key(sftp: SftpSettings):
     """The key the server offers, fetched without logging in or trusting it."""
     import paramiko
 
     try:
-        sock = socket.create_connection((sftp.host, sftp.port), timeout=timeout)
+        sock = socket.create_connection((sftp.host, sftp.port), timeout=sftp.timeout)
         transport = paramiko.Transport(sock)
-        transport.banner_timeout = timeout
+        transport.banner_timeout = sftp.timeout
         try:
-            transport.start_client(timeout=timeout)
+            transport.start_client(timeout=sftp.timeout)
             return transport.get_remote_server_key()
         finally:
             transport.close()
     except BaseException as error:
-        raise sftp_failure(error, sftp, known_hosts_path) from None
+        raise sftp_failure(error, sftp) from None
 
 
 # =============================================================================
-# Run: lock, logging, monitoring, the export itself, --check
+# Run: lock, logging, monitoring, the export itself, --check, --status
 # =============================================================================
 
 
 class RunLock:
-    """An OS-level lock beside the script; the OS releases it if a run crashes."""
+    """An OS-level lock; the OS releases it if a run crashes."""
 
     def __init__(self, path: Path):
         import filelock
 
-        self._lock = filelock.FileLock(str(path), timeout=0)
+        self._lock = filelock.FileLock(str(path), timeout=0, mode=OWNER_ONLY)
         self._timeout_error = filelock.Timeout
         self.path = path
 
@@ -1252,7 +2048,12 @@ class RunLock:
                 "If runs overlap every night, schedule them further apart"
             ) from None
         except OSError as error:
-            raise ConfigError(f"cannot create lock file {self.path}: {error.strerror}") from None
+            raise ConfigError(
+                f"cannot create lock file {self.path} ({error.strerror}); give the account that runs "
+                "the job write access to its folder, or choose another with --lock-file"
+            ) from None
+        with contextlib.suppress(OSError):
+            narrow_to_owner(self.path)
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -1260,7 +2061,7 @@ class RunLock:
 
 
 class RecentLines(logging.Handler):
-    """Keeps the last log lines in memory for the failure ping."""
+    """The run-level lines for the failure ping: never a student's line."""
 
     def __init__(self, size: int = 40):
         super().__init__()
@@ -1274,57 +2075,96 @@ class OneLine(logging.Formatter):
     """stderr gets one line per problem; tracebacks stay in the log file."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return f"{record.levelname}: {record.getMessage()}"
+        return f"{record.levelname}: {escape_text(record.getMessage())}"
+
+
+class LogLine(logging.Formatter):
+    """One event, one log line: control characters in database text are escaped."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_text(record.message)
+        return super().formatMessage(record)
+
+
+class OwnerOnlyLog(logging.handlers.RotatingFileHandler):
+    """The rotated log, mode 600 (it may hold per-student lines), that never
+    lets a failed write print the record (and a student's line) on stderr."""
+
+    def _open(self):
+        descriptor = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, OWNER_ONLY)
+        narrow_to_owner(self.baseFilename, descriptor)
+        return open(descriptor, "a", encoding=self.encoding, errors="backslashreplace")
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not getattr(self, "_warned", False):
+            self._warned = True
+            error = sys.exc_info()[1]
+            reason = getattr(error, "strerror", None) or type(error).__name__
+            with contextlib.suppress(Exception):
+                sys.stderr.write(
+                    f"WARNING: cannot write the log file {self.baseFilename} ({reason}); the run goes on\n"
+                )
 
 
 def setup_logging(log_path: Path, verbose: bool, quiet: bool) -> RecentLines:
     # A Windows console or a redirected Task Scheduler stream may not be
-    # UTF-8: escape what it cannot show rather than fail on a student's name.
+    # UTF-8: escape what it cannot show rather than fail.
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
-    LOG.handlers.clear()
+    close_logging()
     LOG.setLevel(logging.DEBUG if verbose else logging.INFO)
     LOG.propagate = False
-    redact = RedactSecrets()
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
-    handlers: list[logging.Handler] = []
+    STUDENT_LOG.setLevel(logging.DEBUG if verbose else logging.INFO)
+    STUDENT_LOG.propagate = False
     try:
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(
-            logging.handlers.RotatingFileHandler(
-                log_path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8"
-            )
-        )
+        log_file = OwnerOnlyLog(log_path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8")
     except OSError as error:
-        raise ConfigError(f"cannot write log file {log_path}: {error.strerror}; check --log-file") from None
-    handlers[0].setFormatter(formatter)
+        raise ConfigError(
+            f"cannot write log file {log_path} ({error.strerror}); the account that runs the job must "
+            "own it (was the job run once as root or Administrator?), or choose another with --log-file"
+        ) from None
+    log_file.setFormatter(LogLine("%(asctime)s %(levelname)s %(message)s"))
     recent = RecentLines()
-    recent.setFormatter(formatter)
-    handlers.append(recent)
+    recent.setFormatter(LogLine("%(asctime)s %(levelname)s %(message)s"))
     errors = logging.StreamHandler(sys.stderr)
-    errors.setLevel(logging.WARNING)
+    # --quiet: a warning the run recovered from (a retried upload) stays in the log.
+    errors.setLevel(logging.ERROR if quiet else logging.WARNING)
     errors.setFormatter(OneLine())
-    handlers.append(errors)
+    handlers: list[logging.Handler] = [log_file, recent, errors]
     if not quiet:
         progress = logging.StreamHandler(sys.stdout)
         progress.setLevel(logging.INFO)
         progress.addFilter(lambda record: record.levelno < logging.WARNING)
         progress.setFormatter(logging.Formatter("%(message)s"))
         handlers.append(progress)
+    redact_secrets = RedactSecrets()
     for handler in handlers:
-        handler.addFilter(redact)
+        handler.addFilter(redact_secrets)
         LOG.addHandler(handler)
+    STUDENT_LOG.addHandler(log_file)
     # paramiko logs its own tracebacks; keep them out of stderr (cron mail).
-    logging.getLogger("paramiko").addHandler(logging.NullHandler())
-    logging.getLogger("paramiko").propagate = False
+    paramiko_log = logging.getLogger("paramiko")
+    if not any(isinstance(handler, logging.NullHandler) for handler in paramiko_log.handlers):
+        paramiko_log.addHandler(logging.NullHandler())
+    paramiko_log.propagate = False
     return recent
 
 
 def close_logging() -> None:
-    for handler in list(LOG.handlers):
-        handler.close()
-        LOG.removeHandler(handler)
+    for logger in (LOG, STUDENT_LOG):
+        for handler in list(logger.handlers):
+            handler.close()
+            logger.removeHandler(handler)
+
+
+def ping_host(url: str) -> str:
+    """What the log may say of a ping URL: its host (the path is a credential)."""
+    try:
+        return urllib.parse.urlsplit(url).hostname or "the ping URL"
+    except ValueError:
+        return "the ping URL"
 
 
 def ping(url: str | None, suffix: str = "", body: str = "", timeout: float = 10.0) -> None:
@@ -1337,30 +2177,29 @@ def ping(url: str | None, suffix: str = "", body: str = "", timeout: float = 10.
         with urllib.request.urlopen(request, timeout=timeout) as response:
             response.read(1024)
     except Exception as error:
-        LOG.warning("monitoring ping to %s failed: %s", target, _first_line(error))
+        reason = getattr(error, "reason", None) or getattr(error, "code", None) or type(error).__name__
+        LOG.warning("monitoring ping to %s failed (%s)", ping_host(url), escape_text(reason))
 
 
 @dataclasses.dataclass
 class RunOptions:
-    """The command line, resolved: what one run does."""
+    """The command line, resolved once: what one run does."""
 
-    profile: Profile
+    profile: Profile  # with command-line overrides applied
     source: str  # "oracle", "sqlite" or "demo"
     sqlite_path: Path | None
     output_path: Path
-    remote_dir: str
     known_hosts_path: Path
     state_path: Path
     lock_path: Path
-    exclude_names: tuple[str, ...]
     upload: bool
     dry_run: bool
     changed_only: bool
     force: bool
     max_drop_percent: float
     timeout: float
-    retries: int
-    retry_wait: float
+    retry: RetryPolicy
+    env_source: str = ""  # the env file the settings came from, if any
 
 
 def open_source(options: RunOptions, database: DatabaseSettings | None):
@@ -1377,101 +2216,251 @@ def describe_source(options: RunOptions, database: DatabaseSettings | None) -> s
     return "demo data" if options.source == "demo" else f"SQLite {options.sqlite_path}"
 
 
-def run_export(options: RunOptions, environ: dict[str, str]) -> Summary:
+def table_exists(connection, table: str) -> bool:
+    try:
+        probe_table(connection, table)
+    except DatabaseError:
+        return False
+    return True
+
+
+@dataclasses.dataclass
+class RunRecord:
+    """What --status shows of a run; run-level only, never a student's data."""
+
+    started: str
+    finished: str = ""
+    exit_code: int | None = None
+    message: str = ""
+    students: int | None = None
+    bytes: int | None = None
+    remote_path: str = ""
+
+
+def now_text() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def run_export(options: RunOptions, environ: dict[str, str], record: RunRecord) -> Summary:
     started = time.monotonic()
     profile = options.profile
     # Every setting is read and checked before the database is touched.
     database = database_settings(environ) if options.source == "oracle" else None
     sftp = None
     if options.upload:
-        sftp = sftp_settings(environ)
-        load_known_hosts(options.known_hosts_path, sftp)
-
-    compare = options.changed_only or (options.dry_run and profile.can_compare())
+        sftp = sftp_settings(environ, options.known_hosts_path, options.timeout)
+        check_known_hosts(sftp)
+        if sftp.key_file is not None:
+            load_client_key(sftp)
     if options.changed_only and not profile.can_compare():
         raise ConfigError("--changed-only needs current_values.table in the profile")
-    required = profile.required_columns()
-    required += ("race_code", "race_count") if profile.uses_studentrace() else ()
-    required += tuple(profile.current_columns()) if compare else ()
-    summary = Summary(fields=profile.value_fields(), compared=compare)
     with RunLock(options.lock_path):
+        remove_stale_temporaries(options.output_path)
+        remove_stale_temporaries(options.state_path)
         LOG.info("export started: profile %s, %s", profile.name, describe_source(options, database))
         connection = open_source(options, database)
         try:
-            columns, rows = stream_rows(connection, export_query(profile, compare), required)
-            mapper = RowMapper(profile, columns, options.exclude_names)
-            lines = export_lines(rows, mapper, summary, options.changed_only)
-            size = write_export(lines, options.output_path, profile.columns if profile.header else None)
+            compare = options.changed_only or (options.dry_run and profile.can_compare())
+            if compare and not table_exists(connection, profile.current_table):
+                if options.changed_only:
+                    raise DatabaseError(
+                        f"--changed-only compares with current_values.table {profile.current_table}, "
+                        "which cannot be read; check the table name in your profile and the read grant"
+                    )
+                LOG.warning(
+                    "current_values.table %s cannot be read, so the dry run does not compare",
+                    profile.current_table,
+                )
+                compare = False
+            statement = export_statement(profile, compare)
+            summary = Summary(fields=profile.value_fields(), compared=compare)
+            mapper = StudentMapper(profile, statement, summary)
+            rows = stream_rows(connection, statement)
+            try:
+                lines = export_lines(rows, mapper, options.changed_only)
+                size = write_export(lines, options.output_path, profile.columns if profile.header else None)
+            finally:
+                close = getattr(rows, "close", None)
+                if close:
+                    close()
         finally:
             connection.close()
+        drop_scattered_duplicates(options.output_path, mapper, profile.columns, profile.header)
+        size = options.output_path.stat().st_size
         LOG.info("wrote %s (%d students, %d bytes)", options.output_path, summary.written, size)
-
+        duplicates = summary.skipped[SKIP_DUPLICATE]
+        if duplicates:
+            LOG.warning(
+                "%d student numbers have several active rows with different values and got no line; "
+                "the log names them",
+                duplicates,
+            )
+        record.students, record.bytes = summary.written, size
         if options.dry_run:
             LOG.info("%s", summary.report())
         if options.upload and not options.dry_run:
+            state = {} if options.force else read_state(options.state_path)
             if not options.force:
-                previous = read_state(options.state_path).get("last_upload", {}).get("students")
-                check_guard(summary.active, previous, options.max_drop_percent)
+                check_guard(
+                    summary.active, previous_upload_count(state, options.state_path), options.max_drop_percent
+                )
             remote_size = upload(
                 options.output_path,
-                options.remote_dir,
-                profile.file_name,
                 sftp,
-                options.known_hosts_path,
-                options.timeout,
-                options.retries,
-                options.retry_wait,
+                profile.remote_dir,
+                profile.file_name,
+                profile.remote_mode,
+                options.retry,
             )
-            LOG.info(
-                "uploaded to %s:%s (%d bytes)",
-                sftp.host,
-                posixpath.join(options.remote_dir, profile.file_name),
-                remote_size,
-            )
-            write_state(options.state_path, summary.active)
+            record.remote_path = f"{sftp.host}:{posixpath.join(profile.remote_dir, profile.file_name)}"
+            LOG.info("uploaded to %s (%d bytes)", record.remote_path, remote_size)
+            record.message = "uploaded"
+            upload_record = {
+                "students": summary.active,
+                "at": now_text(),
+                "bytes": remote_size,
+                "remote_path": record.remote_path,
+            }
+            try:
+                state = read_state(options.state_path)
+            except GuardError:
+                state = {}
+            state["last_upload"] = upload_record
+            try:
+                write_state(options.state_path, state)
+            except ExportError as error:
+                LOG.warning("the upload succeeded, but %s", error)
     LOG.info("%s", summary.line(time.monotonic() - started))
     return summary
+
+
+def record_run(state_path: Path, record: RunRecord) -> None:
+    """Keep the run's outcome beside the script for --status; never fails the run."""
+    try:
+        try:
+            state = read_state(state_path)
+        except GuardError:
+            state = {}
+        state["last_run"] = dataclasses.asdict(record)
+        write_state(state_path, state)
+    except Exception as error:  # the run's outcome stands whatever happens here
+        LOG.warning("could not record this run for --status: %s", escape_text(_first_line(error)))
+
+
+def show_status(state_path: Path, max_age_hours: float | None) -> int:
+    """--status: the last run and the last upload in a few lines; the last run's exit code."""
+    try:
+        state = read_state(state_path)
+    except GuardError as error:
+        print(f"status: {error}")
+        return EXIT_CONFIG
+    last_run, last_upload = state.get("last_run"), state.get("last_upload")
+    if not isinstance(last_run, dict):
+        print(f"last run: none recorded in {state_path}")
+        code = EXIT_CONFIG
+    else:
+        code = last_run.get("exit_code")
+        code = code if type(code) is int else EXIT_BUG
+        print(
+            f"last run: {last_run.get('started', '?')} to {last_run.get('finished', '?')}, exit {code} "
+            f"({EXIT_CODES.get(code, 'unknown')})"
+        )
+        if last_run.get("message"):
+            print(f"  {last_run['message']}")
+        if last_run.get("students") is not None:
+            print(f"  students written {last_run['students']}, bytes {last_run.get('bytes')}")
+    if isinstance(last_upload, dict):
+        print(
+            f"last upload: {last_upload.get('at', '?')}, {last_upload.get('students')} students, "
+            f"{last_upload.get('bytes', '?')} bytes to {last_upload.get('remote_path', '?')}"
+        )
+    else:
+        print("last upload: none recorded")
+    if max_age_hours is not None:
+        age = upload_age_hours(last_upload)
+        if age is None or age > max_age_hours:
+            shown = "never" if age is None else f"{age:.1f} hours ago"
+            print(f"the last successful upload was {shown}, more than --max-age {max_age_hours:g} hours")
+            return EXIT_BUG if code == EXIT_OK else code
+    return code
+
+
+def upload_age_hours(last_upload: Any) -> float | None:
+    if not isinstance(last_upload, dict):
+        return None
+    try:
+        at = time.mktime(time.strptime(str(last_upload.get("at")), "%Y-%m-%dT%H:%M:%S%z"))
+    except (ValueError, OverflowError):
+        return None
+    return (time.time() - at) / 3600
 
 
 def run_check(options: RunOptions, environ: dict[str, str]) -> int:
     """--check: one line per check; exit code of the first failure's class."""
     first_failure = EXIT_OK
+    profile = options.profile
 
-    def check(label: str, action: Callable[[], Any]) -> Any:
+    def check(label: str, action: Callable[[], Any], warn_only: bool = False) -> Any:
         nonlocal first_failure
         try:
             result = action()
         except ExportError as error:
-            print(f"[FAIL] {label}: {error}")
-            first_failure = first_failure or error.exit_code
+            print(f"[{'warn' if warn_only else 'FAIL'}] {label}: {error}")
+            if not warn_only:
+                first_failure = first_failure or error.exit_code
             return None
         print(f"[ ok ] {label}")
         return result if result is not None else True
 
+    print(f"settings: {options.env_source or 'the process environment (no env file)'}")
     database = None
     if options.source == "oracle":
         database = check("database variables set", lambda: database_settings(environ))
-    sftp = check("SFTP variables set", lambda: sftp_settings(environ))
-    host_known = sftp and check(
-        f"known_hosts {options.known_hosts_path} holds {sftp.known_hosts_name}",
-        lambda: load_known_hosts(options.known_hosts_path, sftp),
+    sftp = check(
+        "SFTP variables set", lambda: sftp_settings(environ, options.known_hosts_path, options.timeout)
     )
+    known = sftp and check(
+        f"known_hosts {options.known_hosts_path} holds {sftp.known_hosts_name}",
+        lambda: check_known_hosts(sftp),
+    )
+    client_key = None
+    if sftp and sftp.key_file is not None:
+        client_key = check(f"SFTP key {sftp.key_file} loads", lambda: load_client_key(sftp))
     if database or options.source != "oracle":
         connection = check(
             f"database login ({describe_source(options, database)})", lambda: open_source(options, database)
         )
         if connection:
-            for table in options.profile.tables_read():
-                check(f"table {table} readable", lambda table=table: _probe_table(connection, table))
+            for table in profile.tables_read():
+                check(f"table {table} readable", lambda table=table: probe_table(connection, table))
+            check(
+                "nightly query runs",
+                lambda: probe_query(connection, export_statement(profile, False).sql, "nightly"),
+            )
+            if profile.can_compare():
+                readable = check(
+                    f"current_values table {profile.current_table} readable",
+                    lambda: probe_table(connection, profile.current_table),
+                    warn_only=not options.changed_only,
+                )
+                if readable:
+                    check(
+                        "comparison query runs (--changed-only, --dry-run)",
+                        lambda: probe_query(connection, export_statement(profile, True).sql, "comparison"),
+                        warn_only=not options.changed_only,
+                    )
             connection.close()
-    if host_known:
-        opened = check("SFTP login", lambda: open_sftp(sftp, options.known_hosts_path, options.timeout))
+    if known and (client_key or not (sftp and sftp.key_file)):
+        opened = check(
+            "SFTP login",
+            lambda: open_sftp(sftp, known, client_key if client_key is not True else None),
+        )
         if opened:
             client, session = opened
             try:
                 check(
-                    f"remote directory {options.remote_dir} writable",
-                    lambda: _probe_remote_dir(session, options.remote_dir, sftp, options),
+                    f"remote directory {profile.remote_dir} writable",
+                    lambda: probe_remote_dir(session, sftp, profile.remote_dir),
                 )
             finally:
                 client.close()
@@ -1479,31 +2468,9 @@ def run_check(options: RunOptions, environ: dict[str, str]) -> int:
     return first_failure
 
 
-def _probe_table(connection, table: str) -> None:
-    cursor = connection.cursor()
-    try:
-        cursor.execute(f"SELECT * FROM {table} WHERE 1 = 0")
-    except Exception as error:
-        raise DatabaseError(
-            f"cannot read {table}: {_first_line(error)}; grant SELECT to the read user"
-        ) from None
-    finally:
-        cursor.close()
-
-
-def _probe_remote_dir(session, remote_dir: str, sftp: SftpSettings, options: RunOptions) -> None:
-    probe_path = posixpath.join(remote_dir, f".clever_export_probe_{os.getpid()}")
-    try:
-        with session.open(probe_path, "w") as probe:
-            probe.write(b"probe\n")
-        session.remove(probe_path)
-    except BaseException as error:
-        raise sftp_failure(error, sftp, options.known_hosts_path) from None
-
-
 def show_host_key(options: RunOptions, environ: dict[str, str]) -> int:
-    sftp = sftp_settings(environ, need_login=False)
-    key = fetch_host_key(sftp, options.known_hosts_path, options.timeout)
+    sftp = sftp_settings(environ, options.known_hosts_path, options.timeout, need_login=False)
+    key = fetch_host_key(sftp)
     name = sftp.known_hosts_name
     print(f"# {sftp.host} port {sftp.port} offered this host key. Trust nothing yet: compare its")
     print("# fingerprint with the server's own, on the server:")
@@ -1518,29 +2485,33 @@ def show_host_key(options: RunOptions, environ: dict[str, str]) -> int:
 # Command line
 # =============================================================================
 
-EPILOG = """\
-environment:
+
+def epilog() -> str:
+    exit_codes = "\n".join(f"  {code:>3}  {meaning}" for code, meaning in EXIT_CODES.items())
+    return f"""\
+environment (or KEY=value lines in clever_export.env beside the script, mode 600):
   POWERSCHOOL_READ_USER      PowerSchool (Oracle) read-only user
   POWERSCHOOL_DB_PASSWORD    its password (never printed or logged)
-  POWERSCHOOL_PROD_DB        Easy Connect string, e.g. psdb.example.org:1521/PSPRODDB
+  POWERSCHOOL_PROD_DB        Easy Connect string (psdb.example.org:1521/PSPRODDB) or tnsnames alias
+  TNS_ADMIN                  folder holding tnsnames.ora, for an alias
+  ORACLE_CLIENT_LIB_DIR      Oracle Instant Client folder: thick mode (see README, Oracle)
   D118_SFTP_ADDRESS          SFTP server host name or address
   D118_SFTP_PORT             SFTP port (default 22)
   D118_SFTP_USERNAME         SFTP user
   D118_SFTP_PASSWORD         SFTP password, or instead:
-  D118_SFTP_KEY_FILE         private key file (relative paths: beside the script)
+  D118_SFTP_KEY_FILE         private key file, OpenSSH format, mode 600 (relative: beside the script)
   D118_SFTP_KEY_PASSPHRASE   the key's passphrase, if it has one
 
-exit codes:
-  0 success          1 unexpected error (see the log)   2 usage or configuration
-  3 database         4 SFTP (connect, login, host key)   5 safety guard refused
-  75 another run holds the lock (try again later)
+exit codes (Task Scheduler shows them in hex: 0x0 ... 0x6, 0x4B, 0x82, 0x8F):
+{exit_codes}
 
 examples:
   python clever_export.py --demo               try it on bundled sample data
   python clever_export.py --check              verify the set-up, export nothing
   python clever_export.py --show-host-key      print the server's key for known_hosts
   python clever_export.py                      the nightly run
-  python clever_export.py --dry-run -v         everything but the upload, with a report
+  python clever_export.py --dry-run            everything but the upload, with a report
+  python clever_export.py --status --max-age 26   for monitoring: did last night work?
 """
 
 
@@ -1552,9 +2523,9 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="clever_export.py",
-        # The manual's first page is the module docstring, up to its Guarantees.
-        description=__doc__.split("\nGuarantees\n")[0],
-        epilog=EPILOG,
+        # The manual's first page is the module docstring (absent under python -OO).
+        description=__doc__ or "Nightly PowerSchool -> Clever race, ethnicity and ELL export.",
+        epilog=epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     mode = parser.add_argument_group("what to do (default: export and upload)")
@@ -1581,6 +2552,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="everything except the upload, then a report of values, blanks and changes",
     )
     mode.add_argument("--no-upload", action="store_true", help="write the file only; needs no SFTP settings")
+    mode.add_argument(
+        "--status",
+        action="store_true",
+        help="print the last run and the last successful upload; exit with the last run's code",
+    )
+    mode.add_argument(
+        "--max-age",
+        metavar="HOURS",
+        type=float,
+        help="with --status: exit 1 if the last successful upload is older than HOURS",
+    )
+    mode.add_argument(
+        "--demo-db",
+        metavar="PATH",
+        type=Path,
+        help="write the bundled sample data as a SQLite file for --sqlite trials, then stop",
+    )
     source = parser.add_argument_group("source and profile")
     source.add_argument(
         "--sqlite",
@@ -1614,6 +2602,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="the local export file (default: raceethnicity.txt beside the script)",
     )
     files.add_argument("--remote-dir", metavar="DIR", help="remote directory (default: /sftp/clever/)")
+    files.add_argument(
+        "--remote-mode",
+        metavar="OCTAL",
+        help="mode of the uploaded file (default 600; 640 lets the owner's group read it)",
+    )
+    files.add_argument(
+        "--env-file",
+        metavar="PATH",
+        type=Path,
+        help="KEY=value settings file, mode 600 (default: clever_export.env beside the script, if present)",
+    )
+    files.add_argument(
+        "--lock-file",
+        metavar="PATH",
+        type=Path,
+        help="the one-run-at-a-time lock (default: clever_export.lock beside the state file)",
+    )
     files.add_argument(
         "--known-hosts",
         metavar="PATH",
@@ -1685,81 +2690,182 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def finite_number(value: float, flag: str, low: float, high: float) -> float:
+    """A flag's number, refused (exit 2) when it is nan, inf or out of its range."""
+    if not math.isfinite(value) or not low <= value <= high:
+        raise ConfigError(f"{flag} must be a number from {low:g} to {high:g}, not {value!r}")
+    return value
+
+
 def resolve_options(args: argparse.Namespace, profile: Profile) -> RunOptions:
-    if sum((args.demo, args.check, args.show_host_key)) > 1:
-        raise ConfigError("choose one of --demo, --check and --show-host-key")
+    """The command line applied to the profile once, and checked once."""
+    if sum((args.demo, args.check, args.show_host_key, args.status, args.demo_db is not None)) > 1:
+        raise ConfigError("choose one of --demo, --demo-db, --check, --show-host-key and --status")
     if args.demo and args.sqlite:
         raise ConfigError("--demo uses its own sample data; leave out --sqlite")
-    if args.retries < 1:
-        raise ConfigError("--retries must be at least 1")
-    if args.timeout <= 0 or args.retry_wait < 0 or not 0 <= args.max_drop <= 100:
-        raise ConfigError("--timeout must be positive, --retry-wait not negative, --max-drop 0-100")
-    remote_dir = args.remote_dir or profile.remote_dir
-    if not remote_dir.startswith("/"):
-        raise ConfigError(f"--remote-dir must be an absolute path such as /sftp/clever/, not {remote_dir!r}")
-    default_output = DEMO_OUTPUT_NAME if args.demo else profile.file_name
+    if args.max_age is not None and not args.status:
+        raise ConfigError("--max-age goes with --status")
+    finite_number(args.timeout, "--timeout", 0.1, 3600)
+    finite_number(args.retry_wait, "--retry-wait", 0, 3600)
+    finite_number(args.max_drop, "--max-drop", 0, 100)
+    finite_number(args.retries, "--retries", 1, 20)
+    if args.max_age is not None:
+        finite_number(args.max_age, "--max-age", 0, 24 * 366)
+    overrides: dict[str, Any] = {}
+    if args.remote_dir is not None:
+        overrides["remote_dir"] = args.remote_dir
+    if args.exclude_name is not None:
+        overrides["exclude_names"] = tuple(args.exclude_name)
+    if args.remote_mode is not None:
+        overrides["remote_mode"] = parse_mode(args.remote_mode, "--remote-mode")
+    profile = dataclasses.replace(profile, **overrides)
+    validate_profile(profile, "command line" if overrides else "profile")
+    check_query_inputs(profile)
+    state_path = beside_script(args.state_file)
     return RunOptions(
         profile=profile,
         source="demo" if args.demo else "sqlite" if args.sqlite else "oracle",
         sqlite_path=beside_script(args.sqlite) if args.sqlite else None,
-        output_path=beside_script(args.output or default_output),
-        remote_dir=remote_dir,
+        output_path=beside_script(args.output or (DEMO_OUTPUT_NAME if args.demo else profile.file_name)),
         known_hosts_path=beside_script(args.known_hosts),
-        state_path=beside_script(args.state_file),
-        lock_path=DEFAULT_LOCK_FILE,
-        exclude_names=tuple(args.exclude_name) if args.exclude_name is not None else profile.exclude_names,
+        state_path=state_path,
+        lock_path=beside_script(args.lock_file) if args.lock_file else state_path.parent / LOCK_FILE_NAME,
         upload=not (args.no_upload or args.demo or args.dry_run),
         dry_run=args.dry_run,
         changed_only=args.changed_only,
         force=args.force,
         max_drop_percent=args.max_drop,
         timeout=args.timeout,
-        retries=args.retries,
-        retry_wait=args.retry_wait,
+        retry=RetryPolicy(args.retries, args.retry_wait),
     )
+
+
+def read_env_file(path: Path | None, environ: dict[str, str]) -> tuple[dict[str, str], str]:
+    """Settings from the env file under the process environment (which wins);
+    returns them and where they came from (a path, never a value)."""
+    named = path is not None
+    path = beside_script(path) if named else DEFAULT_ENV_FILE
+    if not named and not path.exists():
+        return environ, ""
+    if not path.is_file():
+        raise ConfigError(f"env file {path} does not exist or is not a file; check --env-file")
+    if os.name == "posix" and path.stat().st_mode & 0o077:
+        raise ConfigError(
+            f"env file {path} is readable by other users, so it is refused; run: chmod 600 {path}"
+        )
+    try:
+        import dotenv
+    except ImportError:
+        raise ConfigError(
+            "python-dotenv is not installed (needed for the env file); run: "
+            "python -m pip install -r requirements.txt"
+        ) from None
+    try:
+        with open(path, encoding="utf-8") as stream:
+            values = dotenv.dotenv_values(stream=stream, interpolate=False)
+    except UnicodeDecodeError:
+        raise ConfigError(f"env file {path} is not UTF-8 text; save it as UTF-8") from None
+    except OSError as error:
+        raise ConfigError(f"env file {path} cannot be read ({error.strerror}); check its owner") from None
+    from_file = {key: value for key, value in values.items() if value is not None}
+    return {**from_file, **environ}, str(path)
+
+
+def write_demo_db(path: Path) -> int:
+    """--demo-db: the sample data as a SQLite file, for --sqlite trials."""
+    if path.exists():
+        raise ConfigError(f"{path} already exists; remove it or choose another --demo-db path")
+    source = connect_demo()
+    try:
+        target = sqlite3.connect(path)
+        source.backup(target)
+        target.close()
+    except (sqlite3.Error, OSError) as error:
+        raise ConfigError(f"cannot write {path}: {error}") from None
+    finally:
+        source.close()
+    print(f"wrote the demo data to {path}; try: python clever_export.py --sqlite {path} --no-upload")
+    return EXIT_OK
+
+
+class Terminated(BaseException):
+    """SIGTERM: a service manager stopping the job, or kill."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
 
 
 def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> int:
     """Run the command line; return the exit code. The one place failures become codes."""
+    _SECRETS.clear()  # this run's secrets only
     environ = dict(os.environ if environ is None else environ)
     args = None
     recent = None
+    record: RunRecord | None = None
+    state_path: Path | None = None
+    code = EXIT_BUG
+    previous_handler = None
+    if threading.current_thread() is threading.main_thread():
+        previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        args = build_parser().parse_args(argv)
-        recent = setup_logging(beside_script(args.log_file), args.verbose, args.quiet)
-        options = resolve_options(args, load_profile(beside_script(args.config) if args.config else None))
-        if args.show_host_key:
-            return show_host_key(options, environ)
-        if args.check:
-            return run_check(options, environ)
-        ping(args.ping_url, "/start")
-        run_export(options, environ)
-        ping(args.ping_url)
-        return EXIT_OK
-    except SystemExit as exit_request:  # --help and --version
-        return int(exit_request.code or 0)
-    except ExportError as error:
-        _report_failure(str(error), args, recent)
-        return error.exit_code
-    except KeyboardInterrupt:
-        _report_failure("interrupted", args, recent)
-        return 130
-    except Exception as error:
-        _report_failure(
-            f"unexpected error: {type(error).__name__}: {_first_line(error)} "
-            "(the log has the traceback; please report it)",
-            args,
-            recent,
-            with_traceback=True,
-        )
-        return EXIT_UNEXPECTED
+        try:
+            args = build_parser().parse_args(argv)
+            if args.status:
+                return show_status(beside_script(args.state_file), args.max_age)
+            if args.demo_db is not None:
+                return write_demo_db(beside_script(args.demo_db))
+            recent = setup_logging(beside_script(args.log_file), args.verbose, args.quiet)
+            environ, env_source = read_env_file(args.env_file, environ)
+            options = resolve_options(args, load_profile(beside_script(args.config) if args.config else None))
+            options.env_source = env_source
+            if args.show_host_key:
+                return show_host_key(options, environ)
+            if args.check:
+                return run_check(options, environ)
+            if options.source != "demo":
+                state_path = options.state_path
+                record = RunRecord(started=now_text())
+            ping(args.ping_url, "/start")
+            run_export(options, environ, record or RunRecord(started=now_text()))
+            ping(args.ping_url, "", "\n".join(recent.lines))
+            code = EXIT_OK
+        except SystemExit as exit_request:  # --help and --version
+            return int(exit_request.code or 0)
+        except ExportError as error:
+            code = error.exit_code
+            _report_failure(str(error), args, recent)
+            if record is not None:
+                record.message = escape_text(str(error))[:500]
+        except KeyboardInterrupt:
+            code = EXIT_INTERRUPTED
+            _report_failure("interrupted", args, recent)
+        except Terminated:
+            code = EXIT_TERMINATED
+            _report_failure("terminated (SIGTERM); nothing more was uploaded", args, recent)
+        except Exception as error:
+            code = EXIT_BUG
+            _report_failure(
+                f"unexpected error: {type(error).__name__}: {escape_text(_first_line(error))} "
+                "(a bug: the log has the traceback; please report it)",
+                args,
+                recent,
+                with_traceback=True,
+            )
+        if record is not None and state_path is not None:
+            record.finished, record.exit_code = now_text(), code
+            record.message = record.message or ("succeeded" if code == EXIT_OK else EXIT_CODES.get(code, ""))
+            record_run(state_path, record)
+        return code
     finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
         close_logging()
 
 
 def _report_failure(message: str, args, recent: RecentLines | None, with_traceback: bool = False) -> None:
     if not LOG.handlers:  # logging not set up yet (bad flag, unwritable log)
-        print(f"ERROR: {redact(message)}", file=sys.stderr)
+        print(f"ERROR: {escape_text(redact(message))}", file=sys.stderr)
         return
     LOG.error("%s", message, exc_info=with_traceback)
     if args is not None and getattr(args, "ping_url", None) and not (args.check or args.show_host_key):

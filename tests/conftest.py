@@ -30,6 +30,33 @@ SECRET_DB_PASSWORD = "Db-pa55word-never-printed"
 SECRET_SFTP_PASSWORD = "Sftp-pa55word-never-printed"
 SECRET_KEY_PASSPHRASE = "Key-passphrase-never-printed"
 NO_ROW = object()  # "this student has no row in that extension table"
+EXAMPLES = REPO / "examples"
+ORACLE_ENV = {"POWERSCHOOL_READ_USER": "psnavigator", "POWERSCHOOL_DB_PASSWORD": SECRET_DB_PASSWORD}
+
+
+# --- Shared checks ----------------------------------------------------------------
+
+
+def one_line(stderr: str) -> str:
+    """The one line an admin reads on stderr: exactly one, no traceback."""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+def remote_names(server) -> list[str]:
+    """What is in a test SFTP server's remote directory."""
+    return sorted(os.listdir(server.remote().parent))
+
+
+def run_main(tmp_path: Path, *args: str, environ: dict[str, str] | None = None) -> int:
+    """clever_export.main in this process, with every file it keeps in tmp_path."""
+    return clever_export.main(
+        [*args, "--log-file", str(tmp_path / "run.log"), "--state-file", str(tmp_path / "state.json")]
+        + ([] if "--output" in args else ["--output", str(tmp_path / "out.txt")]),
+        environ={} if environ is None else environ,
+    )
 
 
 # --- PowerSchool-shaped databases ---------------------------------------------
@@ -192,6 +219,7 @@ class SftpServer:
         self.key_file.write_bytes(
             self.client_key.export_private_key("openssh", SECRET_KEY_PASSPHRASE, rounds=50)
         )
+        self.key_file.chmod(0o600)  # OpenSSH, and the script, refuse a key others can read
         self.connections = 0
         self.cut_connections: set[int] | str = set()
         self.cut_after_bytes = 40_000
@@ -260,6 +288,7 @@ class SftpServer:
         return self.root / "sftp" / "clever" / name
 
     def env(self, **extra: str) -> dict[str, str]:
+        """The SFTP variables that log in to this server with its password."""
         return {
             "D118_SFTP_ADDRESS": "127.0.0.1",
             "D118_SFTP_PORT": str(self.port),
@@ -366,6 +395,21 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+@dataclasses.dataclass
+class OpenSsh:
+    port: int
+    key_file: Path
+    remote_dir: Path
+    known_hosts_line: str
+    user: str
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The SFTP variables that log in to this server with its passphrase-protected key."""
+        return {"D118_SFTP_ADDRESS": "127.0.0.1", "D118_SFTP_PORT": str(self.port),
+                "D118_SFTP_USERNAME": self.user, "D118_SFTP_KEY_FILE": str(self.key_file),
+                "D118_SFTP_KEY_PASSPHRASE": SECRET_KEY_PASSPHRASE, **extra}  # fmt: skip
+
+
 @pytest.fixture
 def openssh_server(tmp_path):
     """OpenSSH's sshd with key login; skipped where sshd is not installed."""
@@ -408,8 +452,7 @@ def openssh_server(tmp_path):
                 pytest.fail(f"sshd did not start: {(workdir / 'sshd.log').read_text()}")
             time.sleep(0.05)
     host_public = (workdir / "host_key.pub").read_text().split()[:2]
-    yield dataclasses.make_dataclass(
-        "OpenSsh", ["port", "key_file", "remote_dir", "known_hosts_line", "user"]
-    )(port, client_key, remote_dir, f"[127.0.0.1]:{port} {' '.join(host_public)}\n", getpass.getuser())
+    user = getpass.getuser()
+    yield OpenSsh(port, client_key, remote_dir, f"[127.0.0.1]:{port} {' '.join(host_public)}\n", user)
     process.terminate()
     process.wait(10)

@@ -5,12 +5,8 @@ import json
 import os
 import threading
 
-from conftest import SECRET_SFTP_PASSWORD, Student, many_students
+from conftest import SECRET_SFTP_PASSWORD, Student, many_students, remote_names, run_main
 from conftest import clever_export as ce
-
-
-def remote_names(server):
-    return sorted(os.listdir(server.remote().parent))
 
 
 def big_export_app(uploading_app, db):
@@ -136,7 +132,8 @@ def test_check_passes_on_a_good_setup(uploading_app, sftp_server):
     result = uploading_app.run("--check", "--sqlite", str(uploading_app.db_path), "--timeout", "5")
     assert result.returncode == 0, result.stdout
     lines = result.stdout.splitlines()
-    assert all(line.startswith("[ ok ]") for line in lines[:-1]) and lines[-1] == "all checks passed"
+    assert lines[0].startswith("settings: ")
+    assert all(line.startswith("[ ok ]") for line in lines[1:-1]) and lines[-1] == "all checks passed"
     for label in ("SFTP variables", "known_hosts", "table s_il_stu_x readable", "SFTP login",
                   "remote directory /sftp/clever/ writable"):  # fmt: skip
         assert any(label in line for line in lines), label
@@ -183,12 +180,9 @@ def test_a_failing_ping_only_warns(uploading_app, sftp_server, silent_listener):
 
 def test_logs_rotate_and_stay_bounded(monkeypatch, tmp_path, db):
     monkeypatch.setattr(ce, "LOG_MAX_BYTES", 2_000)
-    monkeypatch.setattr(ce, "DEFAULT_LOCK_FILE", tmp_path / "lock")
-    log = tmp_path / "export.log"
     path = str(db([Student(1)]))
     for _ in range(40):
-        ce.main(["--sqlite", path, "--no-upload", "-q", "-v", "--log-file", str(log),
-                 "--output", str(tmp_path / "o.txt")], environ={})  # fmt: skip
-    logs = sorted(p.name for p in tmp_path.glob("export.log*"))
-    assert logs == ["export.log", *(f"export.log.{i}" for i in range(1, ce.LOG_BACKUPS + 1))]
-    assert all(p.stat().st_size <= 2_000 + 1_000 for p in tmp_path.glob("export.log*"))
+        run_main(tmp_path, "--sqlite", path, "--no-upload", "-q", "-v")
+    logs = sorted(p.name for p in tmp_path.glob("run.log*"))
+    assert logs == ["run.log", *(f"run.log.{i}" for i in range(1, ce.LOG_BACKUPS + 1))]
+    assert all(p.stat().st_size <= 2_000 + 1_000 for p in tmp_path.glob("run.log*"))

@@ -150,12 +150,12 @@ def test_missing_config_file_exits_2(app, tmp_path):
     assert result.returncode == 2 and "cannot read config file" in result.stderr
 
 
-def test_a_query_that_returns_too_few_columns_at_run_time_exits_2(app, tmp_path):
+def test_a_query_that_returns_too_few_columns_at_run_time_exits_3_naming_it(app, tmp_path):
     # The word check passes (the names appear), but the select list lacks lep.
     toml = ("[students]\nquery = \"SELECT dcid, student_number, first_name, last_name, fedethnicity, "
             "fedethnicity state_race FROM students WHERE 'lep' = 'lep'\"\n")  # fmt: skip
     result = app.run("--demo", "--config", str(write_config(tmp_path, toml)))
-    assert result.returncode == 2 and "returns no column lep" in result.stderr
+    assert result.returncode == 3 and "no such column: q.lep" in result.stderr
 
 
 def test_profile_sets_file_name_columns_and_header(app, db, tmp_path):
