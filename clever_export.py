@@ -479,7 +479,9 @@ def parse_mode(value: Any, key: str) -> int:
 class DatabaseSettings:
     user: str
     password: Secret
-    dsn: str
+    dsn: str  # Easy Connect string or tnsnames.ora alias
+    tns_admin: Path | None = None  # the folder holding tnsnames.ora
+    client_lib_dir: Path | None = None  # Instant Client: thick mode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -522,7 +524,20 @@ def database_settings(environ: dict[str, str]) -> DatabaseSettings:
     password = _require_env(environ, "POWERSCHOOL_DB_PASSWORD", "its password")
     dsn = _require_env(environ, "POWERSCHOOL_PROD_DB", "Easy Connect string such as host:1521/PSPRODDB")
     register_secret(password)
-    return DatabaseSettings(user, Secret(password), dsn)
+    tns_admin = environ.get("TNS_ADMIN", "").strip()
+    client = environ.get("ORACLE_CLIENT_LIB_DIR", "").strip()
+    if client and not beside_script(client).is_dir():
+        raise ConfigError(
+            f"ORACLE_CLIENT_LIB_DIR {beside_script(client)} is not a folder; point it at the unzipped "
+            "Oracle Instant Client (see README, Oracle), or unset it for thin mode"
+        )
+    return DatabaseSettings(
+        user,
+        Secret(password),
+        dsn,
+        beside_script(tns_admin) if tns_admin else None,
+        beside_script(client) if client else None,
+    )
 
 
 def sftp_settings(
@@ -684,7 +699,7 @@ def export_statement(profile: Profile, with_current_values: bool) -> ExportState
             f"SELECT {', '.join(select)}",
             f"FROM (\n{strip_statement_end(profile.query)}\n) q",
             *joins,
-            "ORDER BY q.student_number, q.dcid",
+            "ORDER BY q.student_number",
         ]
     )
     return ExportStatement(sql, tuple(columns), with_current_values)
@@ -733,14 +748,34 @@ def probe_statement(sql: str) -> str:
     return f"SELECT * FROM (\n{strip_statement_end(sql)}\n) probe WHERE 1 = 0"
 
 
+# Thin mode cannot talk to these databases; thick mode (Instant Client) can.
+THICK_MODE_ERRORS = {
+    "DPY-3001": "requires Oracle Native Network Encryption or checksumming",
+    "DPY-3010": "is older than Oracle 12.1",
+    "DPY-3015": "still uses old (10G) password verifiers",
+}
+
+
 def connect_oracle(settings: DatabaseSettings, timeout: float):
-    """A thin-mode connection, or DatabaseError within about `timeout` seconds."""
+    """A connection (thin mode, or thick with ORACLE_CLIENT_LIB_DIR), or
+    DatabaseError within about `timeout` seconds."""
     try:
         import oracledb
     except ImportError:
         raise ConfigError(
             "python-oracledb is not installed; run: python -m pip install -r requirements.txt"
         ) from None
+    config_dir = str(settings.tns_admin) if settings.tns_admin else None
+    if settings.client_lib_dir is not None and oracledb.is_thin_mode():
+        try:
+            oracledb.init_oracle_client(lib_dir=str(settings.client_lib_dir), config_dir=config_dir)
+        except Exception as error:
+            raise ConfigError(
+                f"ORACLE_CLIENT_LIB_DIR {settings.client_lib_dir}: Oracle Instant Client cannot be loaded "
+                f"({database_message(error)}); install Instant Client (Basic or Basic Light) there, or "
+                "unset the variable for thin mode (see README, Oracle)"
+            ) from None
+    where = describe_dsn(settings, oracledb)
     # python-oracledb's tcp_connect_timeout covers only the TCP handshake; a
     # listener that accepts and then says nothing would hang connect()
     # forever, so the whole call runs in a daemon thread we stop waiting for.
@@ -752,6 +787,7 @@ def connect_oracle(settings: DatabaseSettings, timeout: float):
                 user=settings.user,
                 password=settings.password.reveal(),
                 dsn=settings.dsn,
+                config_dir=config_dir if oracledb.is_thin_mode() else None,
                 tcp_connect_timeout=timeout,
                 retry_count=0,
             )
@@ -763,18 +799,47 @@ def connect_oracle(settings: DatabaseSettings, timeout: float):
     worker.join(timeout)
     if worker.is_alive():
         raise DatabaseError(
-            f"database {settings.dsn} did not answer within {timeout:g} seconds; "
+            f"database {where} did not answer within {timeout:g} seconds; "
             "check POWERSCHOOL_PROD_DB and that the database is up"
         )
     if "error" in outcome:
+        message = database_message(outcome["error"])
+        for code, reason in THICK_MODE_ERRORS.items():
+            if code in message:
+                raise DatabaseError(
+                    f"database {where} {reason}, which thin mode cannot do ({message}); this database "
+                    "needs thick mode: install Oracle Instant Client and set ORACLE_CLIENT_LIB_DIR "
+                    "or --oracle-client to its folder (see README, Oracle)"
+                )
         raise DatabaseError(
-            f"cannot connect to database {settings.dsn}: {_first_line(outcome['error'])}; "
+            f"cannot connect to database {where}: {message}; "
             "check POWERSCHOOL_PROD_DB, POWERSCHOOL_READ_USER and POWERSCHOOL_DB_PASSWORD"
         )
     connection = outcome["connection"]
     connection.call_timeout = int(timeout * 1000)  # each round trip, in ms
     connection.outputtypehandler = _replace_undecodable_text
     return connection
+
+
+def describe_dsn(settings: DatabaseSettings, oracledb) -> str:
+    """The connect string, and for a tnsnames.ora alias the host and port it names."""
+    if not _TNS_ALIAS.fullmatch(settings.dsn):
+        return settings.dsn
+    folder = settings.tns_admin or "TNS_ADMIN (not set)"
+    try:
+        params = oracledb.ConnectParams(config_dir=str(settings.tns_admin) if settings.tns_admin else None)
+        params.parse_connect_string(settings.dsn)
+    except Exception as error:
+        if "." in settings.dsn:  # a bare host name, not an alias
+            return settings.dsn
+        raise DatabaseError(
+            f"POWERSCHOOL_PROD_DB alias {settings.dsn} cannot be resolved from {folder} "
+            f"({database_message(error)}); add it to tnsnames.ora there or set TNS_ADMIN to the right folder"
+        ) from None
+    return f"{settings.dsn} ({params.host}:{params.port}/{params.service_name or params.sid} from {folder})"
+
+
+_TNS_ALIAS = re.compile(r"[A-Za-z][A-Za-z0-9_.$#-]*")
 
 
 def _replace_undecodable_text(cursor, metadata):
@@ -2577,6 +2642,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="read the PowerSchool tables from a SQLite file instead of Oracle",
     )
     source.add_argument(
+        "--oracle-client",
+        metavar="DIR",
+        help="Oracle Instant Client folder: thick mode, for databases thin mode cannot reach "
+        "(same as ORACLE_CLIENT_LIB_DIR)",
+    )
+    source.add_argument(
         "--config",
         metavar="FILE",
         type=Path,
@@ -2817,6 +2888,8 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
                 return write_demo_db(beside_script(args.demo_db))
             recent = setup_logging(beside_script(args.log_file), args.verbose, args.quiet)
             environ, env_source = read_env_file(args.env_file, environ)
+            if args.oracle_client:
+                environ["ORACLE_CLIENT_LIB_DIR"] = args.oracle_client
             options = resolve_options(args, load_profile(beside_script(args.config) if args.config else None))
             options.env_source = env_source
             if args.show_host_key:
