@@ -12,34 +12,48 @@ AutoComm job imports it into the custom fields Clever syncs.
   Race             from S_IL_STU_DEMOGRAPHICS_X.FER: 12 I, 13 A, 14 B, 15 P,
                    16 W, 17 M; 11 (Hispanic), NULL or unknown -> blank.
                    Hispanic students take their race from STUDENTRACE when
-                   the district supplies its RACECD map (--config).
+                   the district supplies its RACECD map (--config): two or
+                   more different races give M.
   Hispanic_Latino  from STUDENTS.FEDETHNICITY: 1 Y, 0 N; -1/NULL -> blank.
-  ELL              from S_IL_STU_X.LEP: 1 Y; 0, NULL or no row -> N.
+  ELL              from S_IL_STU_X.LEP: 1 Y; 0, NULL or no row -> N;
+                   anything else -> blank.
 
-Blank means "not known" to Clever: an unanswered question is never sent as N.
+Blank means "not known" to Clever: an unanswered question is never sent as N,
+and a value is what PowerSchool says or blank with a reason (--dry-run lists
+the reasons).  Rows of one student that disagree give blank; two active
+students under one student_number get one line if they agree, none if not.
 
 Guarantees
   * Passwords and key passphrases never reach stdout, stderr or the log.
+  * Student data goes to the output file, the SFTP server and the log file
+    (all mode 600), never to stdout, stderr or a monitoring ping.
   * The SFTP server's host key must be in the known_hosts file beside the
     script (or --known-hosts).  There is no switch to skip this check.
   * The importer never sees half a file: the local file is written to a
-    temporary name and renamed; the upload goes to a temporary name in the
-    remote directory and is renamed over the final name, then its size is
-    checked.
+    temporary name and renamed; the upload goes to a temporary name created
+    exclusively in the remote directory, is renamed over the final name, and
+    its size is checked.
   * A failure exits non-zero with one line on stderr naming the problem and
     the fix, and nothing is uploaded after a failure.
-  * One run at a time (an OS lock beside the script); a collapsed export
-    (zero students, or a large drop since the last upload) is not uploaded.
+  * One run at a time (an OS lock); a collapsed export (zero students, or a
+    large drop since the last upload) is not uploaded.
 
 Exit codes
-   0  success                       4  SFTP: connect, login, host key, upload
-   1  unexpected error (see log)    5  safety guard: export looks wrong
-   2  usage or configuration        75 another run holds the lock
-   3  database: connect or query
+    0  success
+    1  a bug in this script (the log has the traceback; please report it)
+    2  usage or configuration: a flag, variable, file or profile
+    3  database: connect or query
+    4  SFTP: connect, login, host key, upload
+    5  safety guard: the export looks wrong, nothing uploaded
+   75  another run holds the lock (try again later)
+  130  interrupted (Ctrl-C)
+  143  terminated (SIGTERM: a service manager or kill)
 
 Files beside the script (not the working directory, because Task Scheduler
-starts jobs in System32): known_hosts, raceethnicity.txt, clever_export.log
-(rotated), clever_export.state.json (last upload's count), clever_export.lock.
+starts jobs in System32): known_hosts, clever_export.env (settings, mode
+600), raceethnicity.txt, clever_export.log (rotated), clever_export.state.json
+(the last run and the last upload, for the guard and --status),
+clever_export.lock.
 
 Sections below follow the data: settings, source, mapping, file, upload,
 run, command line.  Run with --help for the options, and see README.md.
@@ -111,7 +125,6 @@ EXIT_CONFIG = 2
 EXIT_DATABASE = 3
 EXIT_SFTP = 4
 EXIT_GUARD = 5
-EXIT_NOT_IMPORTED = 6
 EXIT_LOCKED = 75  # EX_TEMPFAIL from sysexits.h: "try again later"
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 EXIT_TERMINATED = 143  # 128 + SIGTERM, as shells report a kill
@@ -122,7 +135,6 @@ EXIT_CODES: dict[int, str] = {
     EXIT_DATABASE: "database: connect or query",
     EXIT_SFTP: "SFTP: connect, login, host key, upload",
     EXIT_GUARD: "safety guard: the export looks wrong, nothing uploaded",
-    EXIT_NOT_IMPORTED: "PowerSchool did not import the previous upload (check AutoComm)",
     EXIT_LOCKED: "another run holds the lock (try again later)",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
     EXIT_TERMINATED: "terminated (SIGTERM: a service manager or kill)",
@@ -2567,7 +2579,7 @@ environment (or KEY=value lines in clever_export.env beside the script, mode 600
   D118_SFTP_KEY_FILE         private key file, OpenSSH format, mode 600 (relative: beside the script)
   D118_SFTP_KEY_PASSPHRASE   the key's passphrase, if it has one
 
-exit codes (Task Scheduler shows them in hex: 0x0 ... 0x6, 0x4B, 0x82, 0x8F):
+exit codes (Task Scheduler shows them in hex: 0x0 ... 0x5, 0x4B, 0x82, 0x8F):
 {exit_codes}
 
 examples:

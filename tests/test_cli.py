@@ -189,3 +189,24 @@ def test_short_and_common_passwords_neither_mangle_nor_reveal(app, db, password)
     assert "export started: profile Illinois" in result.log and "***" not in result.log
     if len(password) > 1:
         assert password not in result.everything()
+
+
+def test_the_docstrings_exit_code_table_is_the_one_in_the_code():
+    table = ce.__doc__.split("\nExit codes\n")[1].split("\n\n")[0]
+    rows = [line.split(None, 1) for line in table.splitlines()]
+    assert {int(code): meaning for code, meaning in rows} == ce.EXIT_CODES
+
+
+def test_help_lists_every_exit_code(app):
+    result = app.run("--help")
+    for code, meaning in ce.EXIT_CODES.items():
+        assert f"{code:>3}  {meaning}" in result.stdout
+
+
+def test_help_works_under_python_oo(app):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-OO", str(app.root / "clever_export.py"), "--help"],
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert done.returncode == 0 and "exit codes" in done.stdout, done.stderr
