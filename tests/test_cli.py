@@ -6,6 +6,7 @@ import pytest
 from conftest import ORACLE_ENV, SECRET_DB_PASSWORD, Student, one_line, run_main
 from conftest import clever_export as ce
 
+
 def test_help_reads_like_a_manual(app):
     result = app.run("--help")
     assert result.returncode == 0

@@ -2,7 +2,6 @@
 --check, monitoring pings and log rotation, against real loopback servers."""
 
 import json
-import os
 import threading
 
 from conftest import SECRET_SFTP_PASSWORD, Student, many_students, remote_names, run_main

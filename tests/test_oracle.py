@@ -58,7 +58,11 @@ def test_instant_client_that_cannot_load_exits_2_naming_the_variable(app, tmp_pa
 
 
 def test_instant_client_folder_that_does_not_exist_exits_2(app, tmp_path):
-    env = {**ORACLE_ENV, "POWERSCHOOL_PROD_DB": "127.0.0.1:1/PS", "ORACLE_CLIENT_LIB_DIR": str(tmp_path / "no")}
+    env = {
+        **ORACLE_ENV,
+        "POWERSCHOOL_PROD_DB": "127.0.0.1:1/PS",
+        "ORACLE_CLIENT_LIB_DIR": str(tmp_path / "no"),
+    }
     result = app.run("--no-upload", env=env)
     assert result.returncode == 2 and "ORACLE_CLIENT_LIB_DIR" in one_line(result.stderr)
 

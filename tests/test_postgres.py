@@ -45,12 +45,15 @@ def profiles():
     yield "built-in", ce.Profile()
     for path in sorted(EXAMPLES.glob("*.toml")):
         yield path.name, ce.load_profile(path)
-    yield "upper-case select list", ce.dataclasses.replace(
-        ce.Profile(),
-        query="SELECT S.ID, S.DCID, S.STUDENT_NUMBER, S.FIRST_NAME, S.LAST_NAME, S.FEDETHNICITY,\n"
-        "       D.FER STATE_RACE, X.LEP\nFROM STUDENTS S\n"
-        "LEFT JOIN S_IL_STU_DEMOGRAPHICS_X D ON D.STUDENTSDCID = S.DCID\n"
-        "LEFT JOIN S_IL_STU_X X ON X.STUDENTSDCID = S.DCID\nWHERE S.ENROLL_STATUS = 0;  -- ends like a script",
+    yield (
+        "upper-case select list",
+        ce.dataclasses.replace(
+            ce.Profile(),
+            query="SELECT S.ID, S.DCID, S.STUDENT_NUMBER, S.FIRST_NAME, S.LAST_NAME, S.FEDETHNICITY,\n"
+            "       D.FER STATE_RACE, X.LEP\nFROM STUDENTS S\n"
+            "LEFT JOIN S_IL_STU_DEMOGRAPHICS_X D ON D.STUDENTSDCID = S.DCID\n"
+            "LEFT JOIN S_IL_STU_X X ON X.STUDENTSDCID = S.DCID\nWHERE S.ENROLL_STATUS = 0;  -- ends like a script",
+        ),
     )
 
 
