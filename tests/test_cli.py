@@ -47,7 +47,10 @@ def test_missing_sftp_variable_exits_2_before_touching_the_database(app, db):
 
 
 def test_no_upload_needs_no_sftp_settings(app, db):
-    assert app.run("--sqlite", str(db([Student(1)])), "--no-upload").returncode == 0
+    result = app.run("--sqlite", str(db([Student(1)])), "--no-upload")  # no D118_* variables at all
+    assert result.returncode == 0 and result.stderr == ""
+    assert app.output.read_bytes() == b"1\tN\tW\tN\n"
+    assert "uploaded" not in result.log and "D118_" not in result.everything()
 
 
 def test_unreachable_oracle_exits_3_quickly(app):
