@@ -45,6 +45,7 @@ Exit codes
     3  database: connect or query
     4  SFTP: connect, login, host key, upload
     5  safety guard: the export looks wrong, nothing uploaded
+    6  PowerSchool did not import the previous upload (check AutoComm)
    75  another run holds the lock (try again later)
   130  interrupted (Ctrl-C)
   143  terminated (SIGTERM: a service manager or kill)
@@ -66,6 +67,7 @@ import array
 import collections
 import contextlib
 import dataclasses
+import hashlib
 import itertools
 import json
 import logging
@@ -75,6 +77,7 @@ import operator
 import os
 import posixpath
 import re
+import shutil
 import signal
 import socket
 import sqlite3
@@ -106,6 +109,9 @@ DEFAULT_KNOWN_HOSTS = SCRIPT_DIR / "known_hosts"
 DEFAULT_LOG_FILE = SCRIPT_DIR / "clever_export.log"
 DEFAULT_STATE_FILE = SCRIPT_DIR / "clever_export.state.json"
 LOCK_FILE_NAME = "clever_export.lock"  # beside the state file unless --lock-file
+SENT_FILE_NAME = "clever_export.sent.txt"  # the last upload, kept beside the state file for the import check
+DEFAULT_IMPORT_DEADLINE_HOURS = 20.0
+DEFAULT_IMPORT_TOLERANCE_PERCENT = 1.0
 DEFAULT_ENV_FILE = SCRIPT_DIR / "clever_export.env"
 DEMO_SEED_FILE = SCRIPT_DIR / "demo" / "powerschool_sample.sql"
 DEMO_OUTPUT_NAME = "demo-raceethnicity.txt"
@@ -125,6 +131,7 @@ EXIT_CONFIG = 2
 EXIT_DATABASE = 3
 EXIT_SFTP = 4
 EXIT_GUARD = 5
+EXIT_NOT_IMPORTED = 6  # tonight's file was uploaded; last night's never reached PowerSchool
 EXIT_LOCKED = 75  # EX_TEMPFAIL from sysexits.h: "try again later"
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 EXIT_TERMINATED = 143  # 128 + SIGTERM, as shells report a kill
@@ -135,6 +142,7 @@ EXIT_CODES: dict[int, str] = {
     EXIT_DATABASE: "database: connect or query",
     EXIT_SFTP: "SFTP: connect, login, host key, upload",
     EXIT_GUARD: "safety guard: the export looks wrong, nothing uploaded",
+    EXIT_NOT_IMPORTED: "PowerSchool did not import the previous upload (check AutoComm)",
     EXIT_LOCKED: "another run holds the lock (try again later)",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
     EXIT_TERMINATED: "terminated (SIGTERM: a service manager or kill)",
@@ -169,6 +177,10 @@ class TransientSftpError(SftpError):
 
 class GuardError(ExportError):
     exit_code = EXIT_GUARD
+
+
+class NotImportedError(ExportError):
+    exit_code = EXIT_NOT_IMPORTED
 
 
 class LockedError(ExportError):
@@ -1219,6 +1231,7 @@ class StudentMapper:
         self.skips: list[Skip] = []  # since the caller last logged them
         self.seen_numbers = array.array("q")  # every student's number, for scattered duplicates
         self.in_order = True  # numbers rose strictly, so duplicates were all neighbours
+        self.import_check: ImportCheck | None = None  # set by the run when it checks the last import
 
     def combination(self, row: tuple) -> _Combination:
         """Letters and line parts for a student who is one row (memoised)."""
@@ -1414,6 +1427,59 @@ class Summary:
         return "\n".join(lines)
 
 
+class ImportCheck:
+    """Did PowerSchool import the previous upload?  Pure: no I/O.
+
+    Walks the previous upload's lines (ordered by student_number, as every
+    upload is) beside tonight's rows, and for each student in both compares
+    what was sent with what PowerSchool's custom fields hold now.
+    """
+
+    def __init__(self, sent_lines: Iterable[str], columns: tuple[str, ...], fields: tuple[str, ...]):
+        self._lines = iter(sent_lines)
+        self._number_at = columns.index("student_number")
+        self._value_at = [columns.index(field) for field in fields]
+        self.fields = fields
+        self.compared = 0
+        self.differing = 0
+        self.example: tuple[str, str, str, str] | None = None  # number, field, sent, PowerSchool's
+        self.usable = True  # False when the sent file is not in student_number order
+        self._last = -1
+        self._next = self._read()
+
+    def _read(self) -> tuple[int, list[str]] | None:
+        for line in self._lines:
+            parts = line.rstrip("\n").split("\t")
+            try:
+                number = int(parts[self._number_at])
+            except (ValueError, IndexError):
+                continue  # a header line
+            if number <= self._last:
+                self.usable = False
+            self._last = number
+            return number, [parts[at] if at < len(parts) else "" for at in self._value_at]
+        return None
+
+    def see(self, number: int, current: Iterable[Any]) -> None:
+        """Tonight's student and the values PowerSchool holds for them now."""
+        while self._next is not None and self._next[0] < number:
+            self._next = self._read()
+        if self._next is None or self._next[0] != number:
+            return
+        sent = self._next[1]
+        self.compared += 1
+        for field, was_sent, now in zip(self.fields, sent, current, strict=True):
+            now_text = "" if now is None else str(now).strip()
+            if now_text != was_sent:
+                self.differing += 1
+                if self.example is None:
+                    self.example = (str(number), field, was_sent, now_text)
+                break
+
+    def percent_differing(self) -> float:
+        return 100.0 * self.differing / self.compared if self.compared else 0.0
+
+
 # Rows are grouped by their raw student_number; a sentinel row ends the last group.
 _END = object()
 
@@ -1495,7 +1561,10 @@ def export_lines(rows: Iterable[tuple], mapper: StudentMapper, changed_only: boo
                     STUDENT_LOG.debug("%s", mapper.describe(student, group_rows))
                 write = True
                 if compares:
-                    changes = changed_fields(student.letters, mapper.current_of(student.row), fields)
+                    current = mapper.current_of(student.row)
+                    if mapper.import_check is not None:
+                        mapper.import_check.see(value, current)
+                    changes = changed_fields(student.letters, current, fields)
                     if changes:
                         summary.changed += 1
                         if changed_only:
@@ -2276,6 +2345,8 @@ class RunOptions:
     max_drop_percent: float
     timeout: float
     retry: RetryPolicy
+    import_deadline_hours: float = DEFAULT_IMPORT_DEADLINE_HOURS  # 0: no import check
+    import_tolerance_percent: float = DEFAULT_IMPORT_TOLERANCE_PERCENT
     env_source: str = ""  # the env file the settings came from, if any
 
 
@@ -2335,9 +2406,15 @@ def run_export(options: RunOptions, environ: dict[str, str], record: RunRecord) 
         remove_stale_temporaries(options.output_path)
         remove_stale_temporaries(options.state_path)
         LOG.info("export started: profile %s, %s", profile.name, describe_source(options, database))
+        sent = plan_import_check(options)
         connection = open_source(options, database)
         try:
-            compare = options.changed_only or (options.dry_run and profile.can_compare())
+            if sent is not None and not table_exists(connection, profile.current_table):
+                LOG.info(
+                    "import check skipped: current_values.table %s cannot be read", profile.current_table
+                )
+                sent = None
+            compare = options.changed_only or (options.dry_run and profile.can_compare()) or sent is not None
             if compare and not table_exists(connection, profile.current_table):
                 if options.changed_only:
                     raise DatabaseError(
@@ -2353,13 +2430,19 @@ def run_export(options: RunOptions, environ: dict[str, str], record: RunRecord) 
             summary = Summary(fields=profile.value_fields(), compared=compare)
             mapper = StudentMapper(profile, statement, summary)
             rows = stream_rows(connection, statement)
+            sent_file = None
             try:
+                if sent is not None:
+                    sent_file = open(sent[0], encoding="utf-8", newline="\n")  # noqa: SIM115 (closed below)
+                    mapper.import_check = ImportCheck(sent_file, profile.columns, profile.value_fields())
                 lines = export_lines(rows, mapper, options.changed_only)
                 size = write_export(lines, options.output_path, profile.columns if profile.header else None)
             finally:
                 close = getattr(rows, "close", None)
                 if close:
                     close()
+                if sent_file is not None:
+                    sent_file.close()
         finally:
             connection.close()
         drop_scattered_duplicates(options.output_path, mapper, profile.columns, profile.header)
@@ -2375,6 +2458,8 @@ def run_export(options: RunOptions, environ: dict[str, str], record: RunRecord) 
         record.students, record.bytes = summary.written, size
         if options.dry_run:
             LOG.info("%s", summary.report())
+            last_check = read_state_quietly(options.state_path).get("last_import_check")
+            LOG.info("%s", describe_import_check(last_check))
         if options.upload and not options.dry_run:
             state = {} if options.force else read_state(options.state_path)
             if not options.force:
@@ -2397,18 +2482,133 @@ def run_export(options: RunOptions, environ: dict[str, str], record: RunRecord) 
                 "at": now_text(),
                 "bytes": remote_size,
                 "remote_path": record.remote_path,
+                "changed_only": options.changed_only,
             }
+            state = read_state_quietly(options.state_path)
             try:
-                state = read_state(options.state_path)
-            except GuardError:
-                state = {}
+                upload_record["sent_sha256"] = keep_sent_copy(options.output_path, options.state_path)
+            except OSError as error:
+                LOG.warning("the upload succeeded, but its copy for the import check was not kept (%s)",
+                            error.strerror)  # fmt: skip
+            previous_upload = state.get("last_upload")
             state["last_upload"] = upload_record
+            failure = None
+            if mapper.import_check is not None:
+                state["last_import_check"], failure = judge_import(
+                    mapper.import_check, previous_upload, options.import_tolerance_percent
+                )
             try:
                 write_state(options.state_path, state)
             except ExportError as error:
                 LOG.warning("the upload succeeded, but %s", error)
+            if failure is not None:
+                raise failure
     LOG.info("%s", summary.line(time.monotonic() - started))
     return summary
+
+
+def read_state_quietly(path: Path) -> dict[str, Any]:
+    """The state for what is only shown or added to; the guard reads it strictly."""
+    try:
+        return read_state(path)
+    except GuardError:
+        return {}
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def keep_sent_copy(output_path: Path, state_path: Path) -> str:
+    """Keep what was just uploaded beside the state file (mode 600), for
+    tomorrow's import check; return its hash."""
+    target = state_path.parent / SENT_FILE_NAME
+    descriptor, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        narrow_to_owner(temp_name, descriptor)
+        with open(descriptor, "wb") as copy, open(output_path, "rb") as source:
+            shutil.copyfileobj(source, copy)
+        os.replace(temp_name, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp_name)
+        raise
+    return sha256_of(target)
+
+
+def plan_import_check(options: RunOptions) -> tuple[Path, dict] | None:
+    """The previous upload to check tonight, or None (with the reason at INFO)."""
+    profile = options.profile
+    if not options.upload or options.import_deadline_hours <= 0 or not profile.can_compare():
+        return None
+    last_upload = read_state_quietly(options.state_path).get("last_upload")
+    if not isinstance(last_upload, dict) or not last_upload.get("sent_sha256"):
+        LOG.info("import check skipped: no previous upload recorded with its copy")
+        return None
+    age = upload_age_hours(last_upload)
+    if age is None or age < options.import_deadline_hours:
+        LOG.info(
+            "import check skipped: the previous upload is younger than --import-deadline %g hours",
+            options.import_deadline_hours,
+        )
+        return None
+    sent_path = options.state_path.parent / SENT_FILE_NAME
+    try:
+        if sha256_of(sent_path) != last_upload["sent_sha256"]:
+            LOG.info("import check skipped: %s is not the copy of the previous upload", sent_path)
+            return None
+    except OSError:
+        LOG.info("import check skipped: %s cannot be read", sent_path)
+        return None
+    return sent_path, last_upload
+
+
+def judge_import(
+    check: ImportCheck, previous_upload: Any, tolerance: float
+) -> tuple[dict, ExportError | None]:
+    """The check's record for the state file, and the failure to raise, if any."""
+    when = str(previous_upload.get("at", "?")) if isinstance(previous_upload, dict) else "?"
+    record: dict[str, Any] = {
+        "at": now_text(),
+        "upload_at": when,
+        "compared": check.compared,
+        "differing": check.differing,
+        "example": "",
+    }
+    if check.example is not None:
+        number, field, sent, now = check.example
+        record["example"] = f"{field} sent {sent or 'blank'}, PowerSchool has {now or 'blank'}"
+        STUDENT_LOG.info("import check example: student %s: %s", number, record["example"])
+    if not check.usable:
+        LOG.info("import check skipped: the previous upload is not in student_number order")
+        record["skipped"] = "previous upload not in student_number order"
+        return record, None
+    LOG.info(
+        "import check: %d of %d students of the previous upload still differ", check.differing, check.compared
+    )
+    if check.compared and check.percent_differing() > tolerance:
+        shown_when = when[:16].replace("T", " ")
+        return record, NotImportedError(
+            f"PowerSchool has not imported the upload of {shown_when}: {check.differing:,} of "
+            f"{check.compared:,} students still differ ({record['example']}); check the AutoComm import "
+            "(Data Import Manager: the job ran; field delimiter Tab, record delimiter LF, field order, "
+            "match on student_number). Tonight's file was uploaded"
+        )
+    return record, None
+
+
+def describe_import_check(last_check: Any) -> str:
+    if not isinstance(last_check, dict):
+        return "  last import check: none yet"
+    example = f"; e.g. {last_check['example']}" if last_check.get("example") else ""
+    return (
+        f"  last import check: {last_check.get('at', '?')} (upload of {last_check.get('upload_at', '?')}): "
+        f"{last_check.get('differing', '?')} of {last_check.get('compared', '?')} students differed{example}"
+    )
 
 
 def record_run(state_path: Path, record: RunRecord) -> None:
@@ -2453,6 +2653,7 @@ def show_status(state_path: Path, max_age_hours: float | None) -> int:
         )
     else:
         print("last upload: none recorded")
+    print(describe_import_check(state.get("last_import_check")).strip())
     if max_age_hours is not None:
         age = upload_age_hours(last_upload)
         if age is None or age > max_age_hours:
@@ -2579,7 +2780,7 @@ environment (or KEY=value lines in clever_export.env beside the script, mode 600
   D118_SFTP_KEY_FILE         private key file, OpenSSH format, mode 600 (relative: beside the script)
   D118_SFTP_KEY_PASSPHRASE   the key's passphrase, if it has one
 
-exit codes (Task Scheduler shows them in hex: 0x0 ... 0x5, 0x4B, 0x82, 0x8F):
+exit codes (Task Scheduler shows them in hex: 0x0 ... 0x6, 0x4B, 0x82, 0x8F):
 {exit_codes}
 
 examples:
@@ -2758,6 +2959,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="connect, login and per-operation timeout for the database and SFTP (default: %(default)g)",
     )
     safety.add_argument(
+        "--import-deadline",
+        metavar="HOURS",
+        type=float,
+        default=DEFAULT_IMPORT_DEADLINE_HOURS,
+        help="check that PowerSchool imported the previous upload once it is older than HOURS "
+        "(default: %(default)g; 0 turns the check off)",
+    )
+    safety.add_argument(
+        "--import-tolerance",
+        metavar="PERCENT",
+        type=float,
+        default=DEFAULT_IMPORT_TOLERANCE_PERCENT,
+        help="exit 6 when more than PERCENT of the previous upload's students still differ "
+        "(default: %(default)g)",
+    )
+    safety.add_argument(
         "--ping-url",
         metavar="URL",
         help="Healthchecks-style monitoring: URL/start, URL on success, URL/fail with the last log lines",
@@ -2792,6 +3009,8 @@ def resolve_options(args: argparse.Namespace, profile: Profile) -> RunOptions:
     finite_number(args.retry_wait, "--retry-wait", 0, 3600)
     finite_number(args.max_drop, "--max-drop", 0, 100)
     finite_number(args.retries, "--retries", 1, 20)
+    finite_number(args.import_deadline, "--import-deadline", 0, 24 * 366)
+    finite_number(args.import_tolerance, "--import-tolerance", 0, 100)
     if args.max_age is not None:
         finite_number(args.max_age, "--max-age", 0, 24 * 366)
     overrides: dict[str, Any] = {}
@@ -2820,6 +3039,8 @@ def resolve_options(args: argparse.Namespace, profile: Profile) -> RunOptions:
         max_drop_percent=args.max_drop,
         timeout=args.timeout,
         retry=RetryPolicy(args.retries, args.retry_wait),
+        import_deadline_hours=args.import_deadline,
+        import_tolerance_percent=args.import_tolerance,
     )
 
 
