@@ -67,6 +67,7 @@ import array
 import collections
 import contextlib
 import dataclasses
+import datetime
 import hashlib
 import itertools
 import json
@@ -2385,8 +2386,12 @@ class RunRecord:
     remote_path: str = ""
 
 
+STATE_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"  # local time with its UTC offset
+
+
 def now_text() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    # datetime's %z is Python's own +hhmm (time.strftime's may be a zone name on Windows).
+    return datetime.datetime.now().astimezone().strftime(STATE_TIME_FORMAT)
 
 
 def run_export(options: RunOptions, environ: dict[str, str], record: RunRecord) -> Summary:
@@ -2667,8 +2672,8 @@ def upload_age_hours(last_upload: Any) -> float | None:
     if not isinstance(last_upload, dict):
         return None
     try:
-        at = time.mktime(time.strptime(str(last_upload.get("at")), "%Y-%m-%dT%H:%M:%S%z"))
-    except (ValueError, OverflowError):
+        at = datetime.datetime.strptime(str(last_upload.get("at")), STATE_TIME_FORMAT).timestamp()
+    except (ValueError, OverflowError, OSError):
         return None
     return (time.time() - at) / 3600
 
@@ -3115,6 +3120,10 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
     try:
         try:
             args = build_parser().parse_args(argv)
+            if not (args.status or args.demo_db or args.demo or args.check or args.show_host_key):
+                # Recorded for --status from here on, whatever stops the run.
+                state_path = beside_script(args.state_file)
+                record = RunRecord(started=now_text())
             if args.status:
                 return show_status(beside_script(args.state_file), args.max_age)
             if args.demo_db is not None:
@@ -3129,9 +3138,6 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
                 return show_host_key(options, environ)
             if args.check:
                 return run_check(options, environ)
-            if options.source != "demo":
-                state_path = options.state_path
-                record = RunRecord(started=now_text())
             ping(args.ping_url, "/start")
             run_export(options, environ, record or RunRecord(started=now_text()))
             ping(args.ping_url, "", "\n".join(recent.lines))
