@@ -98,9 +98,9 @@ __version__ = "1.0.0"
 
 SCRIPT_DIR = Path(__file__).resolve().parent
 LOG = logging.getLogger("clever_export")
-# Lines that name a student (skips, changes, -v detail): the owner-only log
-# file only, never stdout, stderr or a monitoring ping.
-STUDENT_LOG = logging.getLogger("clever_export.student")
+# Lines for the owner-only log file alone: every line that names a student
+# (skips, changes, -v detail), never stdout, stderr or a monitoring ping.
+FILE_LOG = logging.getLogger("clever_export.file")
 
 # =============================================================================
 # Settings
@@ -1493,7 +1493,7 @@ def export_lines(rows: Iterable[tuple], mapper: StudentMapper, changed_only: boo
     through StudentMapper.student_of_rows.
     """
     summary = mapper.summary
-    detail = STUDENT_LOG.isEnabledFor(logging.DEBUG)
+    detail = FILE_LOG.isEnabledFor(logging.DEBUG)
     compares = mapper.compares
     fields = mapper.fields
     number_at, test_at = mapper.number_at, mapper.test_at
@@ -1545,9 +1545,9 @@ def export_lines(rows: Iterable[tuple], mapper: StudentMapper, changed_only: boo
                 student = mapper.student_of_rows(group_rows)
                 if mapper.skips:
                     for skipped in mapper.skips:
-                        STUDENT_LOG.info("skipped: %s", skipped.detail)
+                        FILE_LOG.info("skipped: %s", skipped.detail)
                         if skipped.reason == SKIP_DUPLICATE:
-                            STUDENT_LOG.warning("%s", skipped.detail)
+                            FILE_LOG.warning("%s", skipped.detail)
                     mapper.skips.clear()
             if student is not None:
                 value = int(student.number)
@@ -1559,7 +1559,7 @@ def export_lines(rows: Iterable[tuple], mapper: StudentMapper, changed_only: boo
                 except OverflowError:
                     in_order = False
                 if detail:
-                    STUDENT_LOG.debug("%s", mapper.describe(student, group_rows))
+                    FILE_LOG.debug("%s", mapper.describe(student, group_rows))
                 write = True
                 if compares:
                     current = mapper.current_of(student.row)
@@ -1569,7 +1569,7 @@ def export_lines(rows: Iterable[tuple], mapper: StudentMapper, changed_only: boo
                     if changes:
                         summary.changed += 1
                         if changed_only:
-                            STUDENT_LOG.info("student %s: %s", student.number, "; ".join(changes))
+                            FILE_LOG.info("student %s: %s", student.number, "; ".join(changes))
                     elif changed_only:
                         write = False
                 if write:
@@ -1598,20 +1598,22 @@ def narrow_to_owner(path: Path | str, descriptor: int | None = None) -> None:
         os.chmod(path, OWNER_ONLY)
 
 
-def write_export(lines: Iterable[str], path: Path, header: Iterable[str] | None = None) -> int:
+def write_export(
+    lines: Iterable[str], path: Path, header: Iterable[str] | None = None, flag: str = "--output"
+) -> int:
     """Write the lines to `path` via a temporary file and rename; return bytes written.
 
     newline="\\n" keeps LF on Windows; encoding="utf-8" (no BOM) whatever the
     system code page.  The temporary file is created mode 600, so the renamed
     file is too.  A crash or a full disk leaves the previous file, never half a file.
     """
+    make_folder(path, flag)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         descriptor, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as error:
         raise ConfigError(
             f"cannot create a file in {path.parent} ({error.strerror}); give the account that runs "
-            "the job write access to that folder, or choose another with --output"
+            f"the job write access to that folder, or choose another with {flag}"
         ) from None
     try:
         narrow_to_owner(temp_name, descriptor)
@@ -1629,10 +1631,25 @@ def write_export(lines: Iterable[str], path: Path, header: Iterable[str] | None 
         if isinstance(error, OSError) and not isinstance(error, socket.timeout):
             raise ConfigError(
                 f"cannot write {path} ({error.strerror or error}); the previous file is unchanged. "
-                "Free disk space or fix the folder's permissions, then rerun"
+                f"Free disk space or fix the folder's permissions (or choose another with {flag}), then rerun"
             ) from None
         raise
     return path.stat().st_size
+
+
+def make_folder(path: Path, flag: str) -> None:
+    """The folder `path` goes in, created if missing; a file in its way is named as such."""
+    folder = path.parent
+    for part in (folder, *folder.parents):
+        if part.exists() and not part.is_dir():
+            raise ConfigError(f"cannot create {path}: {part} is a file, not a folder; fix {flag}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(
+            f"cannot create {path}: its folder cannot be created ({error.strerror}); create it for the "
+            f"account that runs the job, or fix {flag}"
+        ) from None
 
 
 def remove_stale_temporaries(path: Path) -> None:
@@ -1685,7 +1702,7 @@ def drop_scattered_duplicates(
         if len(values_of[number]) != 1:
             summary.active -= 1
             summary.skip(SKIP_DUPLICATE)
-            STUDENT_LOG.warning(
+            FILE_LOG.warning(
                 "student %s: active rows with different values under one student_number "
                 "(stored in different forms); no line written",
                 number,
@@ -1727,7 +1744,7 @@ def previous_upload_count(state: dict[str, Any], path: Path) -> int | None:
 
 
 def write_state(path: Path, state: dict[str, Any]) -> None:
-    write_export([json.dumps(state, indent=2, sort_keys=True)], path)
+    write_export([json.dumps(state, indent=2, sort_keys=True)], path, flag="--state-file")
 
 
 def check_guard(students: int, previous: int | None, max_drop_percent: float) -> None:
@@ -1755,6 +1772,7 @@ def check_guard(students: int, previous: int | None, max_drop_percent: float) ->
 class KnownHosts(NamedTuple):
     entries: list  # paramiko HostKeyEntry, for the lines that name a host and a key
     revoked: list  # paramiko PKey of every @revoked line
+    revoked_entries: list  # the @revoked lines as HostKeyEntry, to name a revoked host
 
 
 def read_known_hosts(sftp: SftpSettings) -> KnownHosts:
@@ -1805,10 +1823,10 @@ def read_known_hosts(sftp: SftpSettings) -> KnownHosts:
         if entry is None:
             LOG.warning("known_hosts %s line %d skipped: unknown key type or too few fields", path, number)
         elif marker == "@revoked":
-            revoked.append(entry.key)
+            revoked.append(entry)
         else:
             entries.append(entry)
-    return KnownHosts(entries, revoked)
+    return KnownHosts(entries, [entry.key for entry in revoked], revoked)
 
 
 def check_known_hosts(sftp: SftpSettings) -> KnownHosts:
@@ -1822,6 +1840,16 @@ def check_known_hosts(sftp: SftpSettings) -> KnownHosts:
         for name in entry.hostnames:
             host_keys.add(name, entry.key.get_name(), entry.key)
     if host_keys.lookup(sftp.known_hosts_name) is None:
+        revoked_keys = paramiko.HostKeys()
+        for entry in known.revoked_entries:
+            for name in entry.hostnames:
+                revoked_keys.add(name, entry.key.get_name(), entry.key)
+        if revoked_keys.lookup(sftp.known_hosts_name) is not None:
+            raise SftpError(
+                f"the host key for {sftp.known_hosts_name} in {sftp.known_hosts_path} is marked @revoked "
+                "and there is no other; the server needs a new key: ask its administrator for its "
+                "fingerprint, then add the new key's line"
+            )
         raise SftpError(
             f"{sftp.known_hosts_path} has no usable host key for {sftp.known_hosts_name}; run "
             "clever_export.py --show-host-key, compare the fingerprint with the server's, "
@@ -1865,6 +1893,10 @@ def load_client_key(sftp: SftpSettings):
         return paramiko.PKey.from_path(str(path), passphrase)
     except (paramiko.SSHException, ValueError, TypeError) as error:
         failure = error
+    if passphrase is not None:
+        # A passphrase left over for a key that has none is ignored, as OpenSSH does.
+        with contextlib.suppress(paramiko.SSHException, ValueError, TypeError):
+            return paramiko.PKey.from_path(str(path), None)
     if _key_is_encrypted(path):
         if passphrase is None:
             raise ConfigError(f"{name} {path} is encrypted; set D118_SFTP_KEY_PASSPHRASE")
@@ -2051,22 +2083,24 @@ def put_atomically(session, local_path: Path, remote_dir: str, final_name: str, 
     with contextlib.suppress(FileNotFoundError):
         session.remove(partial_path)
     written = 0
-    try:
-        with session.open(partial_path, "wbx") as remote, open(local_path, "rb") as local:
-            remote.chmod(mode)
-            remote.set_pipelined(True)
-            while chunk := local.read(UPLOAD_CHUNK):
+    # Not pipelined: paramiko drops a Failure answer to a pipelined write, and
+    # a refused block in the middle would leave a hole the size check cannot see.
+    with session.open(partial_path, "wbx") as remote, open(local_path, "rb") as local:
+        remote.chmod(mode)
+        while chunk := local.read(UPLOAD_CHUNK):
+            try:
                 remote.write(chunk)
-                written += len(chunk)
-    except OSError as error:
-        if written and type(error) is OSError and error.errno is None and "Failure" in str(error):
-            with contextlib.suppress(OSError):
-                session.remove(partial_path)
-            raise RemoteWriteRefused(
-                f"refused the write of {local_size} bytes in {remote_dir} (SFTP Failure after "
-                f"{written} bytes: disk full or quota)"
-            ) from None
-        raise
+            except OSError as error:
+                # An SFTP status (disk full, quota) has no errno; a broken connection has one.
+                if type(error) is not OSError or error.errno is not None:
+                    raise
+                with contextlib.suppress(OSError, EOFError):
+                    session.remove(partial_path)
+                raise RemoteWriteRefused(
+                    f"refused the write of {local_size} bytes in {remote_dir} after {written} bytes "
+                    f"({escape_text(_first_line(error))[:60]})"
+                ) from None
+            written += len(chunk)
     partial_size = session.lstat(partial_path).st_size
     if partial_size != local_size:
         with contextlib.suppress(OSError):
@@ -2118,10 +2152,10 @@ def _replace_without_posix_rename(session, partial_path: str, final_path: str) -
 
 
 def upload(
-    local_path: Path, sftp: SftpSettings, remote_dir: str, final_name: str, mode: int, retry: RetryPolicy
+    local_path: Path, sftp: SftpSettings, known: KnownHosts, profile: Profile, retry: RetryPolicy
 ) -> int:
     """Upload with retries for transient network failures; return remote bytes."""
-    known = check_known_hosts(sftp)
+    remote_dir, final_name, mode = profile.remote_dir, profile.file_name, profile.remote_mode
     client_key = load_client_key(sftp) if sftp.key_file else None
     for attempt in range(1, retry.attempts + 1):
         try:
@@ -2187,6 +2221,7 @@ class RunLock:
         self.path = path
 
     def __enter__(self) -> RunLock:
+        make_folder(self.path, "--lock-file")
         try:
             self._lock.acquire()
         except self._timeout_error:
@@ -2262,8 +2297,8 @@ def setup_logging(log_path: Path, verbose: bool, quiet: bool) -> RecentLines:
     close_logging()
     LOG.setLevel(logging.DEBUG if verbose else logging.INFO)
     LOG.propagate = False
-    STUDENT_LOG.setLevel(logging.DEBUG if verbose else logging.INFO)
-    STUDENT_LOG.propagate = False
+    FILE_LOG.setLevel(logging.DEBUG if verbose else logging.INFO)
+    FILE_LOG.propagate = False
     try:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_file = OwnerOnlyLog(log_path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8")
@@ -2290,7 +2325,7 @@ def setup_logging(log_path: Path, verbose: bool, quiet: bool) -> RecentLines:
     for handler in handlers:
         handler.addFilter(redact_secrets)
         LOG.addHandler(handler)
-    STUDENT_LOG.addHandler(log_file)
+    FILE_LOG.addHandler(log_file)
     # paramiko logs its own tracebacks; keep them out of stderr (cron mail).
     paramiko_log = logging.getLogger("paramiko")
     if not any(isinstance(handler, logging.NullHandler) for handler in paramiko_log.handlers):
@@ -2300,7 +2335,7 @@ def setup_logging(log_path: Path, verbose: bool, quiet: bool) -> RecentLines:
 
 
 def close_logging() -> None:
-    for logger in (LOG, STUDENT_LOG):
+    for logger in (LOG, FILE_LOG):
         for handler in list(logger.handlers):
             handler.close()
             logger.removeHandler(handler)
@@ -2399,10 +2434,10 @@ def run_export(options: RunOptions, environ: dict[str, str], record: RunRecord) 
     profile = options.profile
     # Every setting is read and checked before the database is touched.
     database = database_settings(environ) if options.source == "oracle" else None
-    sftp = None
+    sftp = known = None
     if options.upload:
         sftp = sftp_settings(environ, options.known_hosts_path, options.timeout)
-        check_known_hosts(sftp)
+        known = check_known_hosts(sftp)
         if sftp.key_file is not None:
             load_client_key(sftp)
     if options.changed_only and not profile.can_compare():
@@ -2410,6 +2445,7 @@ def run_export(options: RunOptions, environ: dict[str, str], record: RunRecord) 
     with RunLock(options.lock_path):
         remove_stale_temporaries(options.output_path)
         remove_stale_temporaries(options.state_path)
+        remove_stale_temporaries(options.state_path.parent / SENT_FILE_NAME)
         LOG.info("export started: profile %s, %s", profile.name, describe_source(options, database))
         sent = plan_import_check(options)
         connection = open_source(options, database)
@@ -2471,14 +2507,7 @@ def run_export(options: RunOptions, environ: dict[str, str], record: RunRecord) 
                 check_guard(
                     summary.active, previous_upload_count(state, options.state_path), options.max_drop_percent
                 )
-            remote_size = upload(
-                options.output_path,
-                sftp,
-                profile.remote_dir,
-                profile.file_name,
-                profile.remote_mode,
-                options.retry,
-            )
+            remote_size = upload(options.output_path, sftp, known, profile, options.retry)
             record.remote_path = f"{sftp.host}:{posixpath.join(profile.remote_dir, profile.file_name)}"
             LOG.info("uploaded to %s (%d bytes)", record.remote_path, remote_size)
             record.message = "uploaded"
@@ -2493,8 +2522,12 @@ def run_export(options: RunOptions, environ: dict[str, str], record: RunRecord) 
             try:
                 upload_record["sent_sha256"] = keep_sent_copy(options.output_path, options.state_path)
             except OSError as error:
-                LOG.warning("the upload succeeded, but its copy for the import check was not kept (%s)",
-                            error.strerror)  # fmt: skip
+                LOG.warning(
+                    "the upload succeeded, but its copy for the import check was not kept in %s (%s); "
+                    "fix --state-file, whose folder holds it",
+                    options.state_path.parent,
+                    error.strerror,
+                )
             previous_upload = state.get("last_upload")
             state["last_upload"] = upload_record
             failure = None
@@ -2587,7 +2620,7 @@ def judge_import(
     if check.example is not None:
         number, field, sent, now = check.example
         record["example"] = f"{field} sent {sent or 'blank'}, PowerSchool has {now or 'blank'}"
-        STUDENT_LOG.info("import check example: student %s: %s", number, record["example"])
+        FILE_LOG.info("import check example: student %s: %s", number, record["example"])
     if not check.usable:
         LOG.info("import check skipped: the previous upload is not in student_number order")
         record["skipped"] = "previous upload not in student_number order"
@@ -2626,7 +2659,9 @@ def record_run(state_path: Path, record: RunRecord) -> None:
         state["last_run"] = dataclasses.asdict(record)
         write_state(state_path, state)
     except Exception as error:  # the run's outcome stands whatever happens here
-        LOG.warning("could not record this run for --status: %s", escape_text(_first_line(error)))
+        # After a failure the admin needs the failure's one line, not this one.
+        logger = LOG if record.exit_code == EXIT_OK else FILE_LOG
+        logger.warning("could not record this run for --status: %s", escape_text(_first_line(error)))
 
 
 def show_status(state_path: Path, max_age_hours: float | None) -> int:

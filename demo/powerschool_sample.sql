@@ -304,6 +304,29 @@ INSERT INTO s_il_stu_demographics_x VALUES (5055, 16);
 INSERT INTO s_il_stu_x VALUES (5055, 0);
 INSERT INTO studentrace VALUES (155, 'W');
 
+-- 1056: one student entered twice (DCIDs 5056 and 5057) with different
+-- values -> no line, a warning naming both DCIDs in the log, skipped with the
+-- reason "duplicate student_number with different values"
+INSERT INTO students VALUES (156, 5056, 1056, 'Wren', 'Walker', 0, 0);
+INSERT INTO s_il_stu_demographics_x VALUES (5056, 16);
+INSERT INTO s_il_stu_x VALUES (5056, 0);
+INSERT INTO studentrace VALUES (156, 'W');
+INSERT INTO students VALUES (157, 5057, 1056, 'Wren', 'Walker', 0, 1);
+INSERT INTO s_il_stu_demographics_x VALUES (5057, 11);
+INSERT INTO s_il_stu_x VALUES (5057, 0);
+INSERT INTO studentrace VALUES (157, 'B');
+-- 1057: two S_IL_STU_X rows that disagree (LEP 1 and 0) -> ELL blank, "conflicting rows"
+INSERT INTO students VALUES (158, 5058, 1057, 'Xiadani', 'Xolo', 0, 0);
+INSERT INTO s_il_stu_demographics_x VALUES (5058, 13);
+INSERT INTO s_il_stu_x VALUES (5058, 1);
+INSERT INTO s_il_stu_x VALUES (5058, 0);
+INSERT INTO studentrace VALUES (158, 'A');
+-- 1058: LEP 'Y' is not an Illinois code -> ELL blank, "unknown LEP code Y" (never a guess)
+INSERT INTO students VALUES (159, 5059, 1058, 'Yosef', 'Yilmaz', 0, 0);
+INSERT INTO s_il_stu_demographics_x VALUES (5059, 16);
+INSERT INTO s_il_stu_x VALUES (5059, 'Y');
+INSERT INTO studentrace VALUES (159, 'W');
+
 -- What PowerSchool holds from last night's import (for --changed-only and --dry-run):
 -- every student is current except 1001 and 1006 (stale race) and 1055 (no row yet).
 INSERT INTO u_def_ext_students0 VALUES (5001, 'N', 'B', 'N');
@@ -354,3 +377,7 @@ INSERT INTO u_def_ext_students0 VALUES (5051, 'N', 'P', 'Y');
 INSERT INTO u_def_ext_students0 VALUES (5052, 'N', 'W', 'N');
 INSERT INTO u_def_ext_students0 VALUES (5053, 'Y', '', 'Y');
 INSERT INTO u_def_ext_students0 VALUES (5054, 'N', 'W', 'N');
+INSERT INTO u_def_ext_students0 VALUES (5056, 'N', 'W', 'N');
+INSERT INTO u_def_ext_students0 VALUES (5057, 'Y', '', 'N');
+INSERT INTO u_def_ext_students0 VALUES (5058, 'N', 'A', '');
+INSERT INTO u_def_ext_students0 VALUES (5059, 'N', 'W', '');

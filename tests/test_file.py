@@ -66,7 +66,7 @@ def test_demo_writes_the_sample_file(app):
     result = app.run("--demo")
     assert result.returncode == 0, result.stderr
     lines = (app.root / ce.DEMO_OUTPUT_NAME).read_text(encoding="utf-8").splitlines()
-    assert len(lines) == 49
+    assert len(lines) == 51
     by_number = {line.split("\t")[0]: line.split("\t")[1:] for line in lines}
     assert by_number["1005"] == ["N", "P", "N"]  # FER 15
     assert by_number["1010"] == ["", "A", "N"]  # FEDETHNICITY -1

@@ -1,14 +1,13 @@
-"""The source: one portable query per run, against PowerSchool-shaped SQLite."""
+"""The source: one portable statement per run, against PowerSchool-shaped SQLite."""
 
 import re
+import sqlite3
 import subprocess
 import sys
 
 import pytest
-from conftest import REPO, Student, many_students
+from conftest import EXAMPLES, REPO, Student, many_students, run_main
 from conftest import clever_export as ce
-
-EXAMPLES = REPO / "examples"
 
 
 @pytest.fixture
@@ -26,42 +25,82 @@ def traced_sqlite(monkeypatch):
     return statements
 
 
-def run_in_process(tmp_path, monkeypatch, *args):
-    monkeypatch.setattr(ce, "DEFAULT_LOCK_FILE", tmp_path / "lock")
-    return ce.main([*args, "--no-upload", "-q", "--log-file", str(tmp_path / "log"),
-                    "--output", str(tmp_path / "out.txt")], environ={})  # fmt: skip
+def export(tmp_path, *args):
+    """An in-process run that writes tmp_path/out.txt and uploads nothing; returns the file's text."""
+    assert run_main(tmp_path, *args, "--no-upload", "-q") == 0, (tmp_path / "run.log").read_text()
+    return (tmp_path / "out.txt").read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("extra", [[], ["--changed-only"], ["--dry-run"]])
-def test_one_query_per_run_whatever_the_student_count(db, tmp_path, monkeypatch, traced_sqlite, extra):
+def test_one_query_per_run_whatever_the_student_count(db, tmp_path, traced_sqlite, extra):
+    compare = bool(extra)
+    # A comparing run first proves the current-values table readable (no rows), then reads once.
+    expected = ["SELECT * FROM u_def_ext_students0 WHERE 1 = 0"] if compare else []
+    expected.append(ce.export_statement(ce.Profile(), compare).sql)
     for count in (1, 40, 12_000):
         traced_sqlite.clear()
-        assert run_in_process(tmp_path, monkeypatch, "--sqlite", str(db(many_students(count))), *extra) == 0
+        text = export(tmp_path, "--sqlite", str(db(many_students(count))), *extra)
         if not extra:
-            assert len((tmp_path / "out.txt").read_text().splitlines()) == count
-        assert len(traced_sqlite) == 1, traced_sqlite
+            assert len(text.splitlines()) == count
+        assert traced_sqlite == expected
 
 
-def test_duplicate_extension_rows_neither_duplicate_nor_drop_a_student(db, tmp_path, monkeypatch):
-    students = [Student(1, fer=[16, 16], lep=[0, 1]), Student(2, fer=[13, 13], lep=[1, 1]),
+def test_duplicate_extension_rows_neither_duplicate_nor_drop_a_student(db, tmp_path):
+    students = [Student(1, fer=[16, 16], lep=[0, 1]), Student(2, fer=[13, "13.0"], lep=[1, 1]),
                 Student(3, current=("N", "W", "N"))]  # fmt: skip
-    path = str(db(students))
-    assert run_in_process(tmp_path, monkeypatch, "--sqlite", path) == 0
-    assert (tmp_path / "out.txt").read_text() == "1\tN\tW\tY\n2\tN\tA\tY\n3\tN\tW\tN\n"
+    # Student 1's two S_IL_STU_X rows disagree: ELL blank ("conflicting rows"), never a guess.
+    assert export(tmp_path, "--sqlite", str(db(students))) == "1\tN\tW\t\n2\tN\tA\tY\n3\tN\tW\tN\n"
 
 
-def test_inactive_students_are_not_exported(db, tmp_path, monkeypatch):
+def test_inactive_students_are_not_exported(db, tmp_path):
     students = [Student(status, enroll=status) for status in (-1, 0, 1, 2, 3, 4)]
-    assert run_in_process(tmp_path, monkeypatch, "--sqlite", str(db(students))) == 0
-    assert (tmp_path / "out.txt").read_text() == "0\tN\tW\tN\n"
+    assert export(tmp_path, "--sqlite", str(db(students))) == "0\tN\tW\tN\n"
+
+
+# --- Test students: flagged by the database, by exact name in any case ---------------
+
+
+@pytest.mark.parametrize(
+    ("first", "last"), [("Test", "Doe"), ("Pat", "TEST"), (" test ", "x"), ("Ann", "tEsT")]
+)
+def test_test_students_are_skipped_case_insensitively(db, tmp_path, first, last):
+    path = str(db([Student(1, first=first, last=last), Student(2)]))
+    assert export(tmp_path, "--sqlite", path, "--dry-run") == "2\tN\tW\tN\n"
+    log = (tmp_path / "run.log").read_text(encoding="utf-8")
+    assert "test-student name: 1" in log and "skipped: student DCID 10001: test-student name" in log
+
+
+@pytest.mark.parametrize(
+    ("first", "last"), [("Testa", "Doe"), ("Pat", "Contest"), ("Tes", "Doe"), (None, None)]
+)
+def test_exclusion_is_exact_not_a_substring(db, tmp_path, first, last):
+    assert export(tmp_path, "--sqlite", str(db([Student(1, first=first, last=last)]))) == "1\tN\tW\tN\n"
+
+
+def test_exclusion_list_can_be_changed(db, tmp_path):
+    path = str(db([Student(1, first="Test"), Student(2, first="SAMPLE"), Student(3, last="dummy ")]))
+    assert export(tmp_path, "--sqlite", path, "--exclude-name", "Dummy", "--exclude-name", "Sample") == (
+        "1\tN\tW\tN\n"
+    )
+
+
+def test_an_excluded_name_with_a_quote_stays_a_name(db, tmp_path):
+    # The list is spelled into the SQL: a quote must not end the string literal.
+    path = str(db([Student(1, last="O'Brien"), Student(2, last="x') OR ('1' = '1")]))
+    assert export(tmp_path, "--sqlite", path, "--exclude-name", "o'brien") == "2\tN\tW\tN\n"
+    assert export(tmp_path, "--sqlite", path, "--exclude-name", "x') OR ('1' = '1") == "1\tN\tW\tN\n"
+
+
+# --- Portable SQL ------------------------------------------------------------------------
 
 
 def every_query():
-    yield "built-in", ce.ILLINOIS_QUERY
-    for path in sorted(EXAMPLES.glob("*.toml")):
-        yield path.name, ce.load_profile(path).query
-    profile = ce.Profile()
-    yield "changed-only wrapper", ce.export_query(profile, with_current_values=True)
+    profiles = [("built-in", ce.Profile())]
+    profiles += [(path.name, ce.load_profile(path)) for path in sorted(EXAMPLES.glob("*.toml"))]
+    for name, profile in profiles:
+        yield f"{name} query", profile.query
+        for compare in (False, True):
+            yield f"{name} compare={compare}", ce.export_statement(profile, compare).sql
 
 
 @pytest.mark.parametrize(("name", "query"), list(every_query()))
@@ -72,13 +111,19 @@ def test_queries_stay_portable_to_oracle(name, query):
         assert not re.search(rf"\b{vendor}\b", query, re.IGNORECASE), (name, vendor)
 
 
+def test_every_example_has_a_query_to_check():
+    names = [name for name, _ in every_query()]
+    assert len(names) == 3 * (1 + len(list(EXAMPLES.glob("*.toml")))) and len(set(names)) == len(names)
+
+
 def test_cheap_paths_do_not_import_oracledb_or_paramiko(tmp_path, db):
     sqlite_path = str(db([Student(1)]))
+    files = ["--output", str(tmp_path / "o.txt"), "--log-file", str(tmp_path / "l.log"),
+             "--state-file", str(tmp_path / "state.json")]  # fmt: skip
     for args in (["--help"], ["--demo", "-q"], ["--no-upload", "--sqlite", sqlite_path, "-q"]):
         probe = (
             "import sys, clever_export as ce\n"
-            f"try:\n    code = ce.main({args!r} + ['--output', {str(tmp_path / 'o.txt')!r}, "
-            f"'--log-file', {str(tmp_path / 'l.log')!r}])\n"
+            f"try:\n    code = ce.main({args + files!r})\n"
             "except SystemExit as e:\n    code = e.code\n"
             "print('\\nRESULT', code, 'oracledb' in sys.modules, 'paramiko' in sys.modules)"
         )
@@ -88,18 +133,59 @@ def test_cheap_paths_do_not_import_oracledb_or_paramiko(tmp_path, db):
         assert result.stdout.splitlines()[-1] == "RESULT 0 False False", (args, result.stdout, result.stderr)
 
 
-def test_studentrace_is_joined_only_when_the_profile_uses_it(db, tmp_path, monkeypatch, traced_sqlite):
+def test_studentrace_is_joined_only_when_the_profile_uses_it(db, tmp_path, traced_sqlite):
     path = str(db([Student(1, fedethnicity=1, fer=11, races=("W", "B"))]))
-    assert run_in_process(tmp_path, monkeypatch, "--sqlite", path) == 0
+    assert export(tmp_path, "--sqlite", path) == "1\tY\t\tN\n"
     assert len(traced_sqlite) == 1 and "studentrace" not in traced_sqlite[0].lower()
-    assert (tmp_path / "out.txt").read_text() == "1\tY\t\tN\n"
     traced_sqlite.clear()
-    config = str(EXAMPLES / "illinois-hispanic-race.toml")
-    assert run_in_process(tmp_path, monkeypatch, "--sqlite", path, "--config", config, "--changed-only") == 0
-    assert len(traced_sqlite) == 1 and "studentrace" in traced_sqlite[0].lower()
-    assert (tmp_path / "out.txt").read_text() == "1\tY\tM\tN\n"
+    config = EXAMPLES / "illinois-hispanic-race.toml"
+    assert export(tmp_path, "--sqlite", path, "--config", str(config), "--changed-only") == "1\tY\tM\tN\n"
+    assert "studentrace" in traced_sqlite[-1].lower()
+    assert traced_sqlite[-1] == ce.export_statement(ce.load_profile(config), True).sql
 
 
-def test_check_proves_studentrace_readable_when_it_is_used():
-    assert "studentrace" not in ce.Profile().tables_read()
-    assert ce.load_profile(EXAMPLES / "illinois-hispanic-race.toml").tables_read()[-1] == "studentrace"
+# --- --check ---------------------------------------------------------------------------------
+
+
+def database_lines(stdout):
+    """--check's lines about the database (the SFTP ones fail here: no SFTP settings)."""
+    return [line for line in stdout.splitlines() if "SFTP" not in line and "known_hosts" not in line]
+
+
+def test_check_proves_studentrace_readable_when_it_is_used(app, db):
+    path = str(db([Student(1, fedethnicity=1, fer=11, races=("W",))]))
+    result = app.run("--check", "--sqlite", path, "--config", str(EXAMPLES / "illinois-hispanic-race.toml"))
+    lines = database_lines(result.stdout)
+    for table in ("students", "s_il_stu_demographics_x", "s_il_stu_x", "studentrace"):
+        assert f"[ ok ] table {table} readable" in lines, result.stdout
+    assert "[ ok ] nightly query runs" in lines, result.stdout
+    assert "[ ok ] comparison query runs (--changed-only, --dry-run)" in lines, result.stdout
+    assert result.returncode == 2  # the SFTP variables are missing, and only they
+    assert [line for line in result.stdout.splitlines() if line.startswith("[FAIL]")] == [
+        line for line in result.stdout.splitlines() if line.startswith("[FAIL] SFTP variables set")
+    ]
+
+    built_in = database_lines(app.run("--check", "--sqlite", path).stdout)
+    assert "[ ok ] nightly query runs" in built_in
+    assert [line for line in built_in if line.startswith("[ ok ] table ")] == [
+        "[ ok ] table students readable",
+        "[ ok ] table s_il_stu_demographics_x readable",
+        "[ ok ] table s_il_stu_x readable",
+    ]
+    checks = [line for line in built_in if line.startswith("[") and "database login" not in line]
+    assert checks and not any("studentrace" in line.lower() for line in checks)  # (the path names the test)
+
+
+def test_check_fails_when_studentrace_is_used_but_missing(app, db):
+    path = db([Student(1)])
+    connection = sqlite3.connect(path)
+    connection.execute("DROP TABLE studentrace")
+    connection.commit()
+    connection.close()
+    result = app.run(
+        "--check", "--sqlite", str(path), "--config", str(EXAMPLES / "illinois-hispanic-race.toml")
+    )
+    assert result.returncode != 0
+    assert "[ ok ] table students readable" in result.stdout
+    assert any(line.startswith("[FAIL] table studentrace readable") for line in result.stdout.splitlines())
+    assert any(line.startswith("[FAIL] nightly query runs") for line in result.stdout.splitlines())
