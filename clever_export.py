@@ -348,8 +348,10 @@ def load_profile(config_path: Path | None) -> Profile:
         raise ConfigError(
             f"config file {config_path} is not UTF-8 text; save it as UTF-8 (check --config)"
         ) from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"config file {config_path} is not valid TOML: {error}") from None
+    except (tomllib.TOMLDecodeError, ValueError) as error:  # ValueError: an integer of 4301+ digits
+        raise ConfigError(
+            f"config file {config_path} is not valid TOML: {escape_text(error)[:200]}; check --config"
+        ) from None
     return profile_from_mapping(document, str(config_path))
 
 
@@ -416,7 +418,7 @@ def validate_profile(profile: Profile, source: str = "config") -> None:
         for code, letter in codes.items():
             if letter not in CLEVER_RACE_LETTERS:
                 raise ConfigError(
-                    f'{source}: {key}."{code}" = "{letter}" is not a Clever race; '
+                    f'{source}: {key}."{shown_code(code)}" = "{shown_code(letter)}" is not a Clever race; '
                     "use A, B, I, M, P, W or an empty string"
                 )
     if profile.race_source == "studentrace" and not profile.studentrace_codes:
@@ -1231,6 +1233,7 @@ class StudentMapper:
         self._parts: dict[tuple[str, ...], tuple[str, str]] = {}
         self.skips: list[Skip] = []  # since the caller last logged them
         self.seen_numbers = array.array("q")  # every student's number, for scattered duplicates
+        self.big_numbers: list[int] = []  # those too large for the array
         self.in_order = True  # numbers rose strictly, so duplicates were all neighbours
         self.import_check: ImportCheck | None = None  # set by the run when it checks the last import
 
@@ -1320,6 +1323,17 @@ class StudentMapper:
             return None
         self.summary.add(letters, 1)
         return Student(number, letters, *self.line_parts(letters), row)
+
+    def scattered_numbers(self) -> frozenset[int]:
+        """Numbers seen more than once although their rows did not arrive together:
+        student_number stored as text in different forms ('1013', ' 1013 ', '1013.0')."""
+        if self.in_order and not self.big_numbers:
+            return frozenset()
+        ordered = sorted(self.seen_numbers)
+        repeated = {a for a, b in itertools.pairwise(ordered) if a == b}
+        del ordered
+        repeated |= {n for n, count in collections.Counter(self.big_numbers).items() if count > 1}
+        return frozenset(repeated)
 
     def describe(self, student: Student, rows: list[tuple]) -> str:
         """The -v detail line: which source values became which Clever values."""
@@ -1485,99 +1499,126 @@ class ImportCheck:
 _END = object()
 
 
-def export_lines(rows: Iterable[tuple], mapper: StudentMapper, changed_only: bool) -> Iterator[str]:
+def export_lines(
+    rows: Iterable[tuple], mapper: StudentMapper, changed_only: bool, scattered: frozenset[int] = frozenset()
+) -> Iterator[str]:
     """Lines for the file, one per student; counts every student into mapper.summary.
 
     The loop is the export's hot path: a one-row student takes the memoised
     combination without building anything; students with several rows go
-    through StudentMapper.student_of_rows.
+    through StudentMapper.student_of_rows.  `scattered` names student numbers
+    whose rows did not arrive together (a second pass holds them to the end).
     """
     summary = mapper.summary
     detail = FILE_LOG.isEnabledFor(logging.DEBUG)
     compares = mapper.compares
+    fast = not (detail or compares or scattered)
     fields = mapper.fields
     number_at, test_at = mapper.number_at, mapper.test_at
     combination = mapper.combination
     remember = mapper.seen_numbers.append
     previous = -1
     in_order = True
+    written = 0
+    held: dict[int, list[tuple]] = {}
+
+    def finish(student: Student | None, group_rows: list[tuple]) -> str | None:
+        """The slow path's tail: order, -v detail, comparison; the line or None."""
+        nonlocal previous, in_order, written
+        if mapper.skips:
+            for skipped in mapper.skips:
+                FILE_LOG.info("skipped: %s", skipped.detail)
+                if skipped.reason == SKIP_DUPLICATE:
+                    FILE_LOG.warning("%s", skipped.detail)
+            mapper.skips.clear()
+        if student is None:
+            return None
+        value = int(student.number)
+        if value <= previous:
+            in_order = False
+        previous = value
+        try:
+            remember(value)
+        except OverflowError:
+            mapper.big_numbers.append(value)
+        if detail:
+            FILE_LOG.debug("%s", mapper.describe(student, group_rows))
+        if compares:
+            current = mapper.current_of(student.row)
+            if mapper.import_check is not None:
+                mapper.import_check.see(value, current)
+            changes = changed_fields(student.letters, current, fields)
+            if changes:
+                summary.changed += 1
+                if changed_only:
+                    FILE_LOG.info("student %s: %s", student.number, "; ".join(changes))
+            elif changed_only:
+                return None
+        written += 1
+        return student.before + student.number + student.after
+
     group_first: tuple | None = None
     group_number: Any = _END
     group_more: list[tuple] | None = None
     end_row = [None] * (number_at + 1)
     end_row[number_at] = _END
-    for row in itertools.chain(rows, (tuple(end_row),)):
-        raw = row[number_at]
-        if raw == group_number and raw is not _END:
-            if group_more is None:
-                group_more = [row]
-            else:
-                group_more.append(row)
-            continue
-        if group_first is not None:
-            student = None
-            if (
-                group_more is None
-                and type(group_number) is int
-                and group_number >= 0
-                and not group_first[test_at]
-            ):
-                found = combination(group_first)
-                found.students += 1
-                number = str(group_number)
-                value = group_number
-                if not (detail or compares):
-                    if value <= previous:
-                        in_order = False
-                    previous = value
-                    try:
-                        remember(value)
-                    except OverflowError:
-                        in_order = False
-                    summary.written += 1
-                    yield found.before + number + found.after
-                    group_first, group_number, group_more = row, raw, None
-                    continue
-                student = Student(number, found.letters, found.before, found.after, group_first)
-                group_rows = [group_first]
-            else:
-                group_rows = [group_first, *(group_more or ())]
-                student = mapper.student_of_rows(group_rows)
-                if mapper.skips:
-                    for skipped in mapper.skips:
-                        FILE_LOG.info("skipped: %s", skipped.detail)
-                        if skipped.reason == SKIP_DUPLICATE:
-                            FILE_LOG.warning("%s", skipped.detail)
-                    mapper.skips.clear()
-            if student is not None:
-                value = int(student.number)
-                if value <= previous:
-                    in_order = False
-                previous = value
-                try:
-                    remember(value)
-                except OverflowError:
-                    in_order = False
-                if detail:
-                    FILE_LOG.debug("%s", mapper.describe(student, group_rows))
-                write = True
-                if compares:
-                    current = mapper.current_of(student.row)
-                    if mapper.import_check is not None:
-                        mapper.import_check.see(value, current)
-                    changes = changed_fields(student.letters, current, fields)
-                    if changes:
-                        summary.changed += 1
-                        if changed_only:
-                            FILE_LOG.info("student %s: %s", student.number, "; ".join(changes))
-                    elif changed_only:
-                        write = False
-                if write:
-                    summary.written += 1
-                    yield student.before + student.number + student.after
-        group_first, group_number, group_more = row, raw, None
-    mapper.fold_counts()
-    mapper.in_order = in_order
+    try:
+        for row in itertools.chain(rows, (tuple(end_row),)):
+            raw = row[number_at]
+            if raw == group_number:
+                if group_more is None:
+                    group_more = [row]
+                else:
+                    group_more.append(row)
+                continue
+            if group_first is not None:
+                if (
+                    group_more is None
+                    and type(group_number) is int
+                    and group_number >= 0
+                    and not group_first[test_at]
+                ):
+                    if scattered and group_number in scattered:
+                        held.setdefault(group_number, []).append(group_first)
+                        group_first, group_number, group_more = row, raw, None
+                        continue
+                    found = combination(group_first)
+                    found.students += 1
+                    if fast:
+                        if group_number <= previous:
+                            in_order = False
+                        previous = group_number
+                        try:
+                            remember(group_number)
+                        except OverflowError:
+                            mapper.big_numbers.append(group_number)
+                        written += 1
+                        yield found.before + str(group_number) + found.after
+                        group_first, group_number, group_more = row, raw, None
+                        continue
+                    number = str(group_number)
+                    student = Student(number, found.letters, found.before, found.after, group_first)
+                    group_rows = [group_first]
+                else:
+                    group_rows = [group_first, *(group_more or ())]
+                    number = student_number_text(group_number) if scattered else None
+                    if number is not None and int(number) in scattered:
+                        held.setdefault(int(number), []).extend(group_rows)
+                        group_first, group_number, group_more = row, raw, None
+                        continue
+                    student = mapper.student_of_rows(group_rows)
+                line = finish(student, group_rows)
+                if line is not None:
+                    yield line
+            group_first, group_number, group_more = row, raw, None
+        for number in sorted(held):
+            line = finish(mapper.student_of_rows(held[number]), held[number])
+            if line is not None:
+                yield line
+    finally:
+        summary.written += written
+        mapper.fold_counts()
+        mapper.in_order = in_order
 
 
 # =============================================================================
@@ -1661,54 +1702,6 @@ def remove_stale_temporaries(path: Path) -> None:
 
 def glob_escape(text: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", text)
-
-
-def drop_scattered_duplicates(
-    path: Path, mapper: StudentMapper, columns: tuple[str, ...], header: bool
-) -> None:
-    """Duplicates that did not arrive together (student_number stored as text in
-    different forms, '1013' and '1013.0'): one line if they agree, none if not.
-
-    Rare, so done afterwards on the local file, before any upload.
-    """
-    if mapper.in_order:
-        return
-    ordered = sorted(mapper.seen_numbers)
-    repeated = {a for a, b in itertools.pairwise(ordered) if a == b}
-    del ordered
-    if not repeated:
-        return
-    number_at = columns.index("student_number")
-    lines = path.read_text(encoding="utf-8").splitlines()
-    head, body = (lines[:1], lines[1:]) if header else ([], lines)
-    values_of: dict[int, set[tuple[str, ...]]] = collections.defaultdict(set)
-    for line in body:
-        parts = line.split("\t")
-        number = int(parts[number_at])
-        if number in repeated:
-            values_of[number].add(tuple(parts[:number_at] + parts[number_at + 1 :]))
-    kept: list[str] = []
-    written_once: set[int] = set()
-    summary = mapper.summary
-    for line in body:
-        number = int(line.split("\t")[number_at])
-        if number not in repeated:
-            kept.append(line)
-        elif len(values_of[number]) == 1 and number not in written_once:
-            written_once.add(number)
-            kept.append(line)
-    for number in sorted(repeated):
-        summary.active -= 1
-        if len(values_of[number]) != 1:
-            summary.active -= 1
-            summary.skip(SKIP_DUPLICATE)
-            FILE_LOG.warning(
-                "student %s: active rows with different values under one student_number "
-                "(stored in different forms); no line written",
-                number,
-            )
-    summary.written = len(kept)
-    write_export(kept, path, head[0].split("\t") if head else None)
 
 
 def read_state(path: Path) -> dict[str, Any]:
@@ -2468,25 +2461,18 @@ def run_export(options: RunOptions, environ: dict[str, str], record: RunRecord) 
                 )
                 compare = False
             statement = export_statement(profile, compare)
-            summary = Summary(fields=profile.value_fields(), compared=compare)
-            mapper = StudentMapper(profile, statement, summary)
-            rows = stream_rows(connection, statement)
-            sent_file = None
-            try:
-                if sent is not None:
-                    sent_file = open(sent[0], encoding="utf-8", newline="\n")  # noqa: SIM115 (closed below)
-                    mapper.import_check = ImportCheck(sent_file, profile.columns, profile.value_fields())
-                lines = export_lines(rows, mapper, options.changed_only)
-                size = write_export(lines, options.output_path, profile.columns if profile.header else None)
-            finally:
-                close = getattr(rows, "close", None)
-                if close:
-                    close()
-                if sent_file is not None:
-                    sent_file.close()
+            mapper = export_pass(connection, statement, options, sent)
+            scattered = mapper.scattered_numbers()
+            if scattered:
+                # student_number is text in different forms: once more, holding those students together.
+                LOG.info(
+                    "%d student numbers have rows that did not arrive together; reading once more",
+                    len(scattered),
+                )
+                mapper = export_pass(connection, statement, options, sent, scattered)
         finally:
             connection.close()
-        drop_scattered_duplicates(options.output_path, mapper, profile.columns, profile.header)
+        summary = mapper.summary
         size = options.output_path.stat().st_size
         LOG.info("wrote %s (%d students, %d bytes)", options.output_path, summary.written, size)
         duplicates = summary.skipped[SKIP_DUPLICATE]
@@ -2647,6 +2633,25 @@ def describe_import_check(last_check: Any) -> str:
         f"  last import check: {last_check.get('at', '?')} (upload of {last_check.get('upload_at', '?')}): "
         f"{last_check.get('differing', '?')} of {last_check.get('compared', '?')} students differed{example}"
     )
+
+
+def export_pass(
+    connection, statement: ExportStatement, options: RunOptions, sent: tuple | None, scattered=frozenset()
+) -> StudentMapper:
+    """Run the statement once and write the file; return the mapper with its counts."""
+    profile = options.profile
+    summary = Summary(fields=profile.value_fields(), compared=statement.compares)
+    mapper = StudentMapper(profile, statement, summary)
+    rows = stream_rows(connection, statement)
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(getattr(rows, "close", lambda: None))
+        if sent is not None:
+            sent_file = cleanup.enter_context(open(sent[0], encoding="utf-8", newline="\n"))
+            mapper.import_check = ImportCheck(sent_file, profile.columns, profile.value_fields())
+        lines = export_lines(rows, mapper, options.changed_only, scattered)
+        cleanup.callback(lines.close)
+        write_export(lines, options.output_path, profile.columns if profile.header else None)
+    return mapper
 
 
 def record_run(state_path: Path, record: RunRecord) -> None:
