@@ -912,8 +912,9 @@ def connect_demo():
     return connection
 
 
-def stream_rows(connection, statement: ExportStatement) -> Iterator[tuple]:
-    """Execute the statement once; return an iterator over its rows, batch by batch."""
+def stream_batches(connection, statement: ExportStatement) -> Iterator[list[tuple]]:
+    """Execute the statement once; return an iterator over its rows in batches
+    of FETCH_ARRAYSIZE (the caller loops over each batch: no layer per row)."""
     cursor = connection.cursor()
     cursor.arraysize = FETCH_ARRAYSIZE
     if hasattr(cursor, "prefetchrows"):  # oracledb; sqlite3 has no such thing
@@ -935,13 +936,13 @@ def stream_rows(connection, statement: ExportStatement) -> Iterator[tuple]:
     return _fetch_batches(cursor)
 
 
-def _fetch_batches(cursor) -> Iterator[tuple]:
+def _fetch_batches(cursor) -> Iterator[list[tuple]]:
     try:
         while True:
             batch = cursor.fetchmany(FETCH_ARRAYSIZE)
             if not batch:
                 return
-            yield from batch
+            yield batch
     except Exception as error:
         raise DatabaseError(f"reading the export query's rows failed: {database_message(error)}") from None
     finally:
@@ -1269,12 +1270,12 @@ class StudentMapper:
         return student_letters(self.profile, *merged, race_codes)
 
     def line_parts(self, letters: Letters) -> tuple[str, str]:
-        """The line around the student number, memoised by the values."""
+        """The line (with its LF) around the student number, memoised by the values."""
         values = tuple(letter.value for letter in letters)
         parts = self._parts.get(values)
         if parts is None:
             before, _, after = output_line("\0", letters, self.profile.columns).partition("\0")
-            parts = self._parts[values] = (before, after)
+            parts = self._parts[values] = (before, after + "\n")
         return parts
 
     def skip(self, reason: str, detail: str) -> None:
@@ -1500,9 +1501,14 @@ _END = object()
 
 
 def export_lines(
-    rows: Iterable[tuple], mapper: StudentMapper, changed_only: bool, scattered: frozenset[int] = frozenset()
+    batches: Iterable[list[tuple]],
+    mapper: StudentMapper,
+    changed_only: bool,
+    scattered: frozenset[int] = frozenset(),
 ) -> Iterator[str]:
-    """Lines for the file, one per student; counts every student into mapper.summary.
+    """The file's text, one line (with its LF) per student, from the statement's
+    rows in batches, handed on a batch at a time; counts every student into
+    mapper.summary.
 
     The loop is the export's hot path: a one-row student takes the memoised
     combination without building anything; students with several rows go
@@ -1516,6 +1522,7 @@ def export_lines(
     fields = mapper.fields
     number_at, test_at = mapper.number_at, mapper.test_at
     combination = mapper.combination
+    memo_get, codes_of = mapper._memo.get, mapper._codes_of
     remember = mapper.seen_numbers.append
     previous = -1
     in_order = True
@@ -1562,59 +1569,67 @@ def export_lines(
     group_more: list[tuple] | None = None
     end_row = [None] * (number_at + 1)
     end_row[number_at] = _END
+    out: list[str] = []  # a batch's lines, handed on together: one hand-over per batch, not per line
+    emit = out.append
     try:
-        for row in itertools.chain(rows, (tuple(end_row),)):
-            raw = row[number_at]
-            if raw == group_number:
-                if group_more is None:
-                    group_more = [row]
-                else:
-                    group_more.append(row)
-                continue
-            if group_first is not None:
-                if (
-                    group_more is None
-                    and type(group_number) is int
-                    and group_number >= 0
-                    and not group_first[test_at]
-                ):
-                    if scattered and group_number in scattered:
-                        held.setdefault(group_number, []).append(group_first)
-                        group_first, group_number, group_more = row, raw, None
-                        continue
-                    found = combination(group_first)
-                    found.students += 1
-                    if fast:
-                        if group_number <= previous:
-                            in_order = False
-                        previous = group_number
-                        try:
-                            remember(group_number)
-                        except OverflowError:
-                            mapper.big_numbers.append(group_number)
-                        written += 1
-                        yield found.before + str(group_number) + found.after
-                        group_first, group_number, group_more = row, raw, None
-                        continue
-                    number = str(group_number)
-                    student = Student(number, found.letters, found.before, found.after, group_first)
-                    group_rows = [group_first]
-                else:
-                    group_rows = [group_first, *(group_more or ())]
-                    number = student_number_text(group_number) if scattered else None
-                    if number is not None and int(number) in scattered:
-                        held.setdefault(int(number), []).extend(group_rows)
-                        group_first, group_number, group_more = row, raw, None
-                        continue
-                    student = mapper.student_of_rows(group_rows)
-                line = finish(student, group_rows)
-                if line is not None:
-                    yield line
-            group_first, group_number, group_more = row, raw, None
+        for batch in itertools.chain(batches, ([tuple(end_row)],)):
+            if out:
+                yield "".join(out)
+                out.clear()
+            for row in batch:
+                raw = row[number_at]
+                if raw == group_number:
+                    if group_more is None:
+                        group_more = [row]
+                    else:
+                        group_more.append(row)
+                    continue
+                if group_first is not None:
+                    if (
+                        group_more is None
+                        and type(group_number) is int
+                        and group_number >= 0
+                        and not group_first[test_at]
+                    ):
+                        if scattered and group_number in scattered:
+                            held.setdefault(group_number, []).append(group_first)
+                            group_first, group_number, group_more = row, raw, None
+                            continue
+                        found = memo_get(codes_of(group_first)) or combination(group_first)
+                        found.students += 1
+                        if fast:
+                            if group_number <= previous:
+                                in_order = False
+                            previous = group_number
+                            try:
+                                remember(group_number)
+                            except OverflowError:
+                                mapper.big_numbers.append(group_number)
+                            written += 1
+                            emit(found.before + str(group_number) + found.after)
+                            group_first, group_number, group_more = row, raw, None
+                            continue
+                        number = str(group_number)
+                        student = Student(number, found.letters, found.before, found.after, group_first)
+                        group_rows = [group_first]
+                    else:
+                        group_rows = [group_first, *(group_more or ())]
+                        number = student_number_text(group_number) if scattered else None
+                        if number is not None and int(number) in scattered:
+                            held.setdefault(int(number), []).extend(group_rows)
+                            group_first, group_number, group_more = row, raw, None
+                            continue
+                        student = mapper.student_of_rows(group_rows)
+                    line = finish(student, group_rows)
+                    if line is not None:
+                        emit(line)
+                group_first, group_number, group_more = row, raw, None
         for number in sorted(held):
             line = finish(mapper.student_of_rows(held[number]), held[number])
             if line is not None:
-                yield line
+                emit(line)
+        if out:
+            yield "".join(out)
     finally:
         summary.written += written
         mapper.fold_counts()
@@ -1642,7 +1657,8 @@ def narrow_to_owner(path: Path | str, descriptor: int | None = None) -> None:
 def write_export(
     lines: Iterable[str], path: Path, header: Iterable[str] | None = None, flag: str = "--output"
 ) -> int:
-    """Write the lines to `path` via a temporary file and rename; return bytes written.
+    """Write the lines (each ending in LF) to `path` via a temporary file and rename;
+    return bytes written.
 
     newline="\\n" keeps LF on Windows; encoding="utf-8" (no BOM) whatever the
     system code page.  The temporary file is created mode 600, so the renamed
@@ -1661,8 +1677,7 @@ def write_export(
         with open(descriptor, "w", encoding="utf-8", newline="\n") as handle:
             if header is not None:
                 handle.write("\t".join(header) + "\n")
-            for line in lines:
-                handle.write(line + "\n")
+            handle.writelines(lines)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp_name, path)
@@ -1737,7 +1752,7 @@ def previous_upload_count(state: dict[str, Any], path: Path) -> int | None:
 
 
 def write_state(path: Path, state: dict[str, Any]) -> None:
-    write_export([json.dumps(state, indent=2, sort_keys=True)], path, flag="--state-file")
+    write_export([json.dumps(state, indent=2, sort_keys=True) + "\n"], path, flag="--state-file")
 
 
 def check_guard(students: int, previous: int | None, max_drop_percent: float) -> None:
@@ -2642,13 +2657,13 @@ def export_pass(
     profile = options.profile
     summary = Summary(fields=profile.value_fields(), compared=statement.compares)
     mapper = StudentMapper(profile, statement, summary)
-    rows = stream_rows(connection, statement)
+    batches = stream_batches(connection, statement)
     with contextlib.ExitStack() as cleanup:
-        cleanup.callback(getattr(rows, "close", lambda: None))
+        cleanup.callback(batches.close)
         if sent is not None:
             sent_file = cleanup.enter_context(open(sent[0], encoding="utf-8", newline="\n"))
             mapper.import_check = ImportCheck(sent_file, profile.columns, profile.value_fields())
-        lines = export_lines(rows, mapper, options.changed_only, scattered)
+        lines = export_lines(batches, mapper, options.changed_only, scattered)
         cleanup.callback(lines.close)
         write_export(lines, options.output_path, profile.columns if profile.header else None)
     return mapper

@@ -84,14 +84,17 @@ def build_database(path: Path, students: int, seed: int = 118) -> None:
         CREATE INDEX il_stu_dcid ON s_il_stu_x (studentsdcid);
         CREATE INDEX studentrace_id ON studentrace (studentid);
         -- The rows the export statement reads, joined once, for the client-side measurement.
-        CREATE TABLE prejoined AS
+        -- Clustered in student_number order, so reading it in that order costs the
+        -- database little and the measurement shows the script's own work.
+        CREATE TABLE prejoined (id, dcid, student_number, first_name, last_name, fedethnicity,
+                                state_race, lep, PRIMARY KEY (student_number, dcid)) WITHOUT ROWID;
+        INSERT INTO prejoined
           SELECT s.id, s.dcid, s.student_number, s.first_name, s.last_name, s.fedethnicity,
                  d.fer state_race, x.lep
           FROM students s
           LEFT JOIN s_il_stu_demographics_x d ON d.studentsdcid = s.dcid
           LEFT JOIN s_il_stu_x x ON x.studentsdcid = s.dcid
           WHERE s.enroll_status = 0;
-        CREATE INDEX prejoined_order ON prejoined (student_number, dcid);
         """
     )
     connection.commit()

@@ -125,7 +125,7 @@ def test_unexpected_error_exits_1_with_one_line_and_the_traceback_in_the_log(
     def broken(*args, **kwargs):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(ce, "drop_scattered_duplicates", broken)
+    monkeypatch.setattr(ce.StudentMapper, "scattered_numbers", broken)
     assert run_main(tmp_path, "--sqlite", str(db([Student(1)])), "--no-upload") == 1
     stderr = capsys.readouterr().err
     assert "unexpected error: ZeroDivisionError: a bug" in one_line(stderr)

@@ -9,7 +9,7 @@ from conftest import clever_export as ce
 
 def test_bytes_are_utf8_lf_tab_without_bom(tmp_path):
     path = tmp_path / "out.txt"
-    ce.write_export(["1001\tY\tW\tN", "1002\t\t\tN"], path)
+    ce.write_export(["1001\tY\tW\tN\n", "1002\t\t\tN\n"], path)
     data = path.read_bytes()
     assert data == b"1001\tY\tW\tN\n1002\t\t\tN\n"
     assert not data.startswith(b"\xef\xbb\xbf") and b"\r" not in data
@@ -17,7 +17,7 @@ def test_bytes_are_utf8_lf_tab_without_bom(tmp_path):
 
 def test_header_only_when_the_profile_asks(tmp_path):
     path = tmp_path / "out.txt"
-    ce.write_export(["1\tY\tW\tN"], path, header=ce.OUTPUT_COLUMNS)
+    ce.write_export(["1\tY\tW\tN\n"], path, header=ce.OUTPUT_COLUMNS)
     assert path.read_text(encoding="utf-8").splitlines()[0] == "student_number\tHispanic_Latino\tRace\tELL"
 
 
@@ -26,7 +26,7 @@ def test_a_crash_mid_write_keeps_the_previous_file_and_leaves_no_temp(tmp_path):
     path.write_bytes(b"yesterday\n")
 
     def lines_then_crash():
-        yield "1001\tY\tW\tN"
+        yield "1001\tY\tW\tN\n"
         raise RuntimeError("database went away")
 
     with pytest.raises(RuntimeError):

@@ -37,8 +37,8 @@ def export_bytes(connection, profile: ce.Profile, compare: bool, changed_only: b
     statement = ce.export_statement(profile, compare)
     summary = ce.Summary(fields=profile.value_fields(), compared=compare)
     mapper = ce.StudentMapper(profile, statement, summary)
-    lines = ce.export_lines(ce.stream_rows(connection, statement), mapper, changed_only)
-    return "".join(line + "\n" for line in lines).encode("utf-8")
+    lines = ce.export_lines(ce.stream_batches(connection, statement), mapper, changed_only)
+    return "".join(lines).encode("utf-8")
 
 
 def profiles():
