@@ -188,7 +188,9 @@ class LockedError(ExportError):
     exit_code = EXIT_LOCKED
 
 
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# C0/C1 controls, line and paragraph separators, and the bidirectional overrides
+# that can make a log line read differently from what it holds.
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028-\u202e\u2066-\u2069]")
 
 
 def escape_text(value: Any) -> str:
@@ -339,7 +341,8 @@ def load_profile(config_path: Path | None) -> Profile:
         return Profile()
     try:
         with open(config_path, "rb") as config_file:
-            document = tomllib.load(config_file)
+            # A byte-order mark (Notepad's UTF-8) is not TOML; drop it.
+            document = tomllib.loads(config_file.read().decode("utf-8").removeprefix("\ufeff"))
     except OSError as error:
         raise ConfigError(
             f"cannot read config file {config_path}: {error.strerror}; check --config"
@@ -396,11 +399,17 @@ def _normalise_profile_value(key: str, value: Any, source: str) -> Any:
             return tuple(str(item) for item in value)
         return tuple(code_text(item) for item in value)
     if isinstance(value, dict):
-        mapping = {}
+        mapping: dict[str, str] = {}
         for code, letter in value.items():
             if not isinstance(letter, str) or code_text(code) is None:
-                raise ConfigError(f'{source}: {key}."{escape_text(code)}" must map a code to a letter string')
-            mapping[code_text(code)] = letter.strip().upper()
+                raise ConfigError(f'{source}: {key}."{shown_code(code)}" must map a code to a letter string')
+            normalised, new = code_text(code), letter.strip().upper()
+            if mapping.get(normalised, new) != new:
+                raise ConfigError(
+                    f'{source}: {key} maps "{shown_code(normalised)}" twice (as "{shown_code(code)}" too) '
+                    "to different letters; keep one"
+                )
+            mapping[normalised] = new
         return mapping
     return value
 
@@ -467,6 +476,7 @@ RESERVED_FILE_NAMES = frozenset(
         "clever_export.lock",
         "clever_export.env",
         "clever_export.toml",
+        "clever_export.sent.txt",
         "requirements.txt",
     )
 )
@@ -551,6 +561,12 @@ def database_settings(environ: dict[str, str]) -> DatabaseSettings:
     password = _require_env(environ, "POWERSCHOOL_DB_PASSWORD", "its password")
     dsn = _require_env(environ, "POWERSCHOOL_PROD_DB", "Easy Connect string such as host:1521/PSPRODDB")
     register_secret(password)
+    if "@" in dsn and "/" in dsn.partition("@")[0]:
+        register_secret(dsn.partition("@")[0].partition("/")[2])
+        raise ConfigError(
+            "POWERSCHOOL_PROD_DB holds a user/password@ part; give only host:port/service (or an alias) "
+            "there, and the password in POWERSCHOOL_DB_PASSWORD"
+        )
     tns_admin = environ.get("TNS_ADMIN", "").strip()
     client = environ.get("ORACLE_CLIENT_LIB_DIR", "").strip()
     if client and not beside_script(client).is_dir():
@@ -885,7 +901,8 @@ def _replace_undecodable_text(cursor, metadata):
 
 def connect_sqlite(path: Path):
     if not path.is_file():
-        raise ConfigError(f"SQLite file {path} does not exist; check --sqlite")
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise ConfigError(f"SQLite file {path} {what}; check --sqlite (relative paths are beside the script)")
     try:
         connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     except sqlite3.Error as error:
@@ -1700,7 +1717,7 @@ def make_folder(path: Path, flag: str) -> None:
         if part.exists() and not part.is_dir():
             raise ConfigError(f"cannot create {path}: {part} is a file, not a folder; fix {flag}")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # a folder it makes is the account's alone
     except OSError as error:
         raise ConfigError(
             f"cannot create {path}: its folder cannot be created ({error.strerror}); create it for the "
@@ -1725,9 +1742,15 @@ def read_state(path: Path) -> dict[str, Any]:
         record = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return {}
+    except PermissionError:
+        raise GuardError(
+            f"state file {path} cannot be read (permission denied), so the safety guard cannot compare "
+            "with the last upload; the account that runs the job must own it (was the job run once as "
+            "root or Administrator? chown it back), or rerun with --force to upload and rewrite it"
+        ) from None
     except (OSError, ValueError) as error:
         raise GuardError(
-            f"state file {path} cannot be read ({escape_text(error)}); the safety guard cannot "
+            f"state file {path} cannot be read ({escape_text(error)[:120]}); the safety guard cannot "
             "compare with the last upload. Check it, or rerun with --force to upload and rewrite it"
         ) from None
     if not isinstance(record, dict):
@@ -2093,8 +2116,8 @@ def put_atomically(session, local_path: Path, remote_dir: str, final_name: str, 
     written = 0
     # Not pipelined: paramiko drops a Failure answer to a pipelined write, and
     # a refused block in the middle would leave a hole the size check cannot see.
-    with session.open(partial_path, "wbx") as remote, open(local_path, "rb") as local:
-        remote.chmod(mode)
+    with open_exclusive(session, partial_path, mode) as remote, open(local_path, "rb") as local:
+        remote.chmod(mode)  # the server's umask may have narrowed it further; this is the mode asked for
         while chunk := local.read(UPLOAD_CHUNK):
             try:
                 remote.write(chunk)
@@ -2139,6 +2162,25 @@ def put_atomically(session, local_path: Path, remote_dir: str, final_name: str, 
             "check the server's disk space and rerun"
         )
     return final.st_size
+
+
+def open_exclusive(session, path: str, mode: int):
+    """Create `path` for writing, failing if anything stands there, with `mode`
+    sent in the same request: the file is never readable by others, not even
+    empty.  (paramiko's open() sends no permissions, so the server's umask would
+    decide until a chmod.)"""
+    from paramiko.sftp import CMD_HANDLE, CMD_OPEN, SFTP_FLAG_CREATE, SFTP_FLAG_EXCL, SFTP_FLAG_WRITE
+    from paramiko.sftp_attr import SFTPAttributes
+    from paramiko.sftp_file import SFTPFile
+
+    attributes = SFTPAttributes()
+    attributes.st_mode = mode
+    kind, message = session._request(
+        CMD_OPEN, session._adjust_cwd(path), SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_EXCL, attributes
+    )
+    if kind != CMD_HANDLE:
+        raise OSError(f"unexpected answer to open {path}")
+    return SFTPFile(session, message.get_binary(), "wb", -1)
 
 
 def _replace_without_posix_rename(session, partial_path: str, final_path: str) -> None:
@@ -2308,7 +2350,7 @@ def setup_logging(log_path: Path, verbose: bool, quiet: bool) -> RecentLines:
     FILE_LOG.setLevel(logging.DEBUG if verbose else logging.INFO)
     FILE_LOG.propagate = False
     try:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         log_file = OwnerOnlyLog(log_path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8")
     except OSError as error:
         raise ConfigError(
@@ -2327,7 +2369,7 @@ def setup_logging(log_path: Path, verbose: bool, quiet: bool) -> RecentLines:
         progress = logging.StreamHandler(sys.stdout)
         progress.setLevel(logging.INFO)
         progress.addFilter(lambda record: record.levelno < logging.WARNING)
-        progress.setFormatter(logging.Formatter("%(message)s"))
+        progress.setFormatter(LogLine("%(message)s"))
         handlers.append(progress)
     redact_secrets = RedactSecrets()
     for handler in handlers:
@@ -2345,7 +2387,8 @@ def setup_logging(log_path: Path, verbose: bool, quiet: bool) -> RecentLines:
 def close_logging() -> None:
     for logger in (LOG, FILE_LOG):
         for handler in list(logger.handlers):
-            handler.close()
+            with contextlib.suppress(Exception):  # a full disk: handleError already warned once
+                handler.close()
             logger.removeHandler(handler)
 
 
@@ -2499,9 +2542,9 @@ def run_export(options: RunOptions, environ: dict[str, str], record: RunRecord) 
             )
         record.students, record.bytes = summary.written, size
         if options.dry_run:
-            LOG.info("%s", summary.report())
             last_check = read_state_quietly(options.state_path).get("last_import_check")
-            LOG.info("%s", describe_import_check(last_check))
+            for line in [*summary.report().splitlines(), describe_import_check(last_check)]:
+                LOG.info("%s", line)  # one log line per report line
         if options.upload and not options.dry_run:
             state = {} if options.force else read_state(options.state_path)
             if not options.force:
@@ -2619,9 +2662,13 @@ def judge_import(
         "example": "",
     }
     if check.example is not None:
+        # One student's values: the log file only. Elsewhere, only which field.
         number, field, sent, now = check.example
-        record["example"] = f"{field} sent {sent or 'blank'}, PowerSchool has {now or 'blank'}"
-        FILE_LOG.info("import check example: student %s: %s", number, record["example"])
+        record["example"] = f"{field} differs"
+        FILE_LOG.info(
+            "import check example: student %s: %s sent %s, PowerSchool has %s",
+            number, field, sent or "blank", now or "blank",
+        )  # fmt: skip
     if not check.usable:
         LOG.info("import check skipped: the previous upload is not in student_number order")
         record["skipped"] = "previous upload not in student_number order"
@@ -2633,7 +2680,7 @@ def judge_import(
         shown_when = when[:16].replace("T", " ")
         return record, NotImportedError(
             f"PowerSchool has not imported the upload of {shown_when}: {check.differing:,} of "
-            f"{check.compared:,} students still differ ({record['example']}); check the AutoComm import "
+            f"{check.compared:,} students still differ (the log names an example); check the AutoComm import "
             "(Data Import Manager: the job ran; field delimiter Tab, record delimiter LF, field order, "
             "match on student_number). Tonight's file was uploaded"
         )
@@ -2672,10 +2719,10 @@ def export_pass(
 def record_run(state_path: Path, record: RunRecord) -> None:
     """Keep the run's outcome beside the script for --status; never fails the run."""
     try:
-        try:
-            state = read_state(state_path)
-        except GuardError:
-            state = {}
+        # A state file that cannot be read is never overwritten here: it holds
+        # the last upload's count, and the guard must go on refusing until an
+        # admin fixes it or says --force.
+        state = read_state(state_path)
         state["last_run"] = dataclasses.asdict(record)
         write_state(state_path, state)
     except Exception as error:  # the run's outcome stands whatever happens here
@@ -2695,6 +2742,12 @@ def show_status(state_path: Path, max_age_hours: float | None) -> int:
     if not isinstance(last_run, dict):
         print(f"last run: none recorded in {state_path}")
         code = EXIT_CONFIG
+    elif last_run.get("exit_code") is None:
+        code = EXIT_TERMINATED
+        print(
+            f"last run: started {escape_text(last_run.get('started', '?'))} and recorded no outcome: "
+            "it is still running, or it was killed (SIGKILL, a reboot, a power cut)"
+        )
     else:
         code = last_run.get("exit_code")
         code = code if type(code) is int else EXIT_BUG
@@ -2703,7 +2756,7 @@ def show_status(state_path: Path, max_age_hours: float | None) -> int:
             f"({EXIT_CODES.get(code, 'unknown')})"
         )
         if last_run.get("message"):
-            print(f"  {last_run['message']}")
+            print(f"  {escape_text(last_run['message'])}")
         if last_run.get("students") is not None:
             print(f"  students written {last_run['students']}, bytes {last_run.get('bytes')}")
     if isinstance(last_upload, dict):
@@ -2716,8 +2769,10 @@ def show_status(state_path: Path, max_age_hours: float | None) -> int:
     print(describe_import_check(state.get("last_import_check")).strip())
     if max_age_hours is not None:
         age = upload_age_hours(last_upload)
-        if age is None or age > max_age_hours:
+        if age is None or age > max_age_hours or age < -0.25:
             shown = "never" if age is None else f"{age:.1f} hours ago"
+            if age is not None and age < -0.25:
+                shown = f"{-age:.1f} hours in the future (check the clock)"
             print(f"the last successful upload was {shown}, more than --max-age {max_age_hours:g} hours")
             return EXIT_BUG if code == EXIT_OK else code
     return code
@@ -3084,11 +3139,13 @@ def resolve_options(args: argparse.Namespace, profile: Profile) -> RunOptions:
     validate_profile(profile, "command line" if overrides else "profile")
     check_query_inputs(profile)
     state_path = beside_script(args.state_file)
+    output_path = beside_script(args.output or (DEMO_OUTPUT_NAME if args.demo else profile.file_name))
+    check_own_files(args, output_path)
     return RunOptions(
         profile=profile,
         source="demo" if args.demo else "sqlite" if args.sqlite else "oracle",
         sqlite_path=beside_script(args.sqlite) if args.sqlite else None,
-        output_path=beside_script(args.output or (DEMO_OUTPUT_NAME if args.demo else profile.file_name)),
+        output_path=output_path,
         known_hosts_path=beside_script(args.known_hosts),
         state_path=state_path,
         lock_path=beside_script(args.lock_file) if args.lock_file else state_path.parent / LOCK_FILE_NAME,
@@ -3102,6 +3159,45 @@ def resolve_options(args: argparse.Namespace, profile: Profile) -> RunOptions:
         import_deadline_hours=args.import_deadline,
         import_tolerance_percent=args.import_tolerance,
     )
+
+
+def check_own_files(args: argparse.Namespace, output_path: Path | None = None) -> None:
+    """The files a run writes are not the files it reads or keeps, nor each other:
+    --output known_hosts or --state-file clever_export.env would destroy them."""
+    state_path = beside_script(args.state_file)
+    output_path = output_path or (beside_script(args.output) if args.output else None)
+    written = {
+        "--output" if args.output else "output.file_name": output_path,
+        "--state-file": state_path,
+        "--log-file": beside_script(args.log_file),
+        "--lock-file": beside_script(args.lock_file)
+        if args.lock_file
+        else state_path.parent / LOCK_FILE_NAME,
+    }
+    kept = {
+        "the script": Path(__file__).resolve(),
+        "--known-hosts": beside_script(args.known_hosts),
+        "the env file": beside_script(args.env_file) if args.env_file else DEFAULT_ENV_FILE,
+        "--config": beside_script(args.config) if args.config else None,
+        "--sqlite": beside_script(args.sqlite) if args.sqlite else None,
+        "the import check's copy": state_path.parent / SENT_FILE_NAME,
+        "requirements.txt": SCRIPT_DIR / "requirements.txt",
+        "the demo data": DEMO_SEED_FILE,
+    }
+
+    def same(a: Path, b: Path) -> bool:
+        return os.path.normcase(os.path.abspath(a)) == os.path.normcase(os.path.abspath(b))
+
+    flags = [(flag, path) for flag, path in written.items() if path is not None]
+    for at, (flag, path) in enumerate(flags):
+        for other, other_path in flags[at + 1 :]:
+            if same(path, other_path):
+                raise ConfigError(f"{flag} and {other} are the same file {path}; give each its own")
+        for what, kept_path in kept.items():
+            if kept_path is not None and same(path, kept_path):
+                raise ConfigError(
+                    f"{flag} {path} is {what}, which the run would overwrite; choose another path"
+                )
 
 
 def read_env_file(path: Path | None, environ: dict[str, str]) -> tuple[dict[str, str], str]:
@@ -3125,14 +3221,45 @@ def read_env_file(path: Path | None, environ: dict[str, str]) -> tuple[dict[str,
             "python -m pip install -r requirements.txt"
         ) from None
     try:
-        with open(path, encoding="utf-8") as stream:
-            values = dotenv.dotenv_values(stream=stream, interpolate=False)
+        with open(path, encoding="utf-8-sig") as stream:  # -sig: Notepad's byte-order mark
+            values = _parse_env(dotenv, stream, path)
     except UnicodeDecodeError:
         raise ConfigError(f"env file {path} is not UTF-8 text; save it as UTF-8") from None
     except OSError as error:
         raise ConfigError(f"env file {path} cannot be read ({error.strerror}); check its owner") from None
     from_file = {key: value for key, value in values.items() if value is not None}
     return {**from_file, **environ}, str(path)
+
+
+class _EnvFileProblems(logging.Handler):
+    """python-dotenv's complaints about lines it cannot parse, kept for one message."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def _parse_env(dotenv, stream, path: Path) -> dict[str, str | None]:
+    problems = _EnvFileProblems()
+    dotenv_log = logging.getLogger("dotenv.main")
+    dotenv_log.addHandler(problems)
+    propagate, dotenv_log.propagate = dotenv_log.propagate, False
+    try:
+        values = dotenv.dotenv_values(stream=stream, interpolate=False)
+    finally:
+        dotenv_log.removeHandler(problems)
+        dotenv_log.propagate = propagate
+    if problems.lines:
+        line = re.search(r"line (\d+)", problems.lines[0])
+        where = f"line {line.group(1)}" if line else "a line"
+        raise ConfigError(
+            f"env file {path}: {where} is not KEY=value ({len(problems.lines)} such lines); "
+            "fix it (see clever_export.env.example)"
+        )
+    return values
 
 
 def write_demo_db(path: Path) -> int:
@@ -3157,6 +3284,9 @@ class Terminated(BaseException):
 
 
 def _raise_terminated(signum, frame) -> None:
+    # One is enough: a second SIGTERM (a process group signalled twice) must not
+    # interrupt the clean-up the first one started.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Terminated()
 
 
@@ -3175,15 +3305,25 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
     try:
         try:
             args = build_parser().parse_args(argv)
-            if not (args.status or args.demo_db or args.demo or args.check or args.show_host_key):
-                # Recorded for --status from here on, whatever stops the run.
+            nightly = not (
+                args.status or args.demo_db or args.demo or args.check or args.show_host_key
+                or args.dry_run or args.no_upload
+            )  # fmt: skip
+            if nightly:
+                # Recorded for --status from here on, whatever stops the run; an
+                # admin's --dry-run or --no-upload does not replace last night's record.
                 state_path = beside_script(args.state_file)
                 record = RunRecord(started=now_text())
             if args.status:
+                if args.max_age is not None:
+                    finite_number(args.max_age, "--max-age", 0, 24 * 366)
                 return show_status(beside_script(args.state_file), args.max_age)
             if args.demo_db is not None:
                 return write_demo_db(beside_script(args.demo_db))
+            check_own_files(args)
             recent = setup_logging(beside_script(args.log_file), args.verbose, args.quiet)
+            if record is not None:
+                record_run(state_path, record)  # "started": a killed run shows as one in --status
             environ, env_source = read_env_file(args.env_file, environ)
             if args.oracle_client:
                 environ["ORACLE_CLIENT_LIB_DIR"] = args.oracle_client
@@ -3210,6 +3350,14 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
         except Terminated:
             code = EXIT_TERMINATED
             _report_failure("terminated (SIGTERM); nothing more was uploaded", args, recent)
+        except ModuleNotFoundError as error:
+            code = EXIT_CONFIG
+            _report_failure(
+                f"the Python module {error.name} is missing; run the script with the venv's python, or "
+                "install the requirements: python -m pip install -r requirements.txt",
+                args,
+                recent,
+            )
         except Exception as error:
             code = EXIT_BUG
             _report_failure(
