@@ -1717,12 +1717,25 @@ def make_folder(path: Path, flag: str) -> None:
         if part.exists() and not part.is_dir():
             raise ConfigError(f"cannot create {path}: {part} is a file, not a folder; fix {flag}")
     try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # a folder it makes is the account's alone
+        make_owner_only_folders(folder)
     except OSError as error:
         raise ConfigError(
             f"cannot create {path}: its folder cannot be created ({error.strerror}); create it for the "
             f"account that runs the job, or fix {flag}"
         ) from None
+
+
+def make_owner_only_folders(folder: Path) -> None:
+    """Create the missing folders on the way to `folder`, each the account's alone
+    (mode 700 whatever the umask: pathlib gives parents the default mode)."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for part in reversed(missing):
+        part.mkdir(mode=0o700, exist_ok=True)
+        if os.name == "posix":
+            os.chmod(part, 0o700)
 
 
 def remove_stale_temporaries(path: Path) -> None:
@@ -2350,7 +2363,7 @@ def setup_logging(log_path: Path, verbose: bool, quiet: bool) -> RecentLines:
     FILE_LOG.setLevel(logging.DEBUG if verbose else logging.INFO)
     FILE_LOG.propagate = False
     try:
-        log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_owner_only_folders(log_path.parent)
         log_file = OwnerOnlyLog(log_path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8")
     except OSError as error:
         raise ConfigError(

@@ -214,3 +214,23 @@ def test_help_works_under_python_oo(app):
     done = subprocess.run([sys.executable, "-OO", str(app.root / "clever_export.py"), "--help"],
                           capture_output=True, text=True, timeout=30)  # fmt: skip
     assert done.returncode == 0 and "exit codes" in done.stdout, done.stderr
+
+
+def test_a_missing_module_is_a_configuration_problem_not_a_bug(app):
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; sys.modules['filelock'] = None\n"  # as if requirements.txt was never installed
+        f"sys.argv = ['clever_export.py', '--demo']\n"
+        f"import runpy; runpy.run_path({str(app.root / 'clever_export.py')!r}, run_name='__main__')"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    line = one_line(done.stderr)
+    assert "filelock" in line and "requirements.txt" in line and "bug" not in line
+
+
+def test_escape_text_shows_controls_and_direction_overrides():
+    assert ce.escape_text("a\nb\x1b[31m\u202eevil") == "a\\x0ab\\x1b[31m\\u202eevil"
+    assert ce.escape_text("Zoë Muñoz") == "Zoë Muñoz"

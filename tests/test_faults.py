@@ -4,6 +4,7 @@
 import json
 import threading
 
+import pytest
 from conftest import SECRET_SFTP_PASSWORD, Student, many_students, remote_names, run_main
 from conftest import clever_export as ce
 
@@ -185,3 +186,60 @@ def test_logs_rotate_and_stay_bounded(monkeypatch, tmp_path, db):
     logs = sorted(p.name for p in tmp_path.glob("run.log*"))
     assert logs == ["run.log", *(f"run.log.{i}" for i in range(1, ce.LOG_BACKUPS + 1))]
     assert all(p.stat().st_size <= 2_000 + 1_000 for p in tmp_path.glob("run.log*"))
+
+
+def test_a_state_file_that_cannot_be_read_is_never_overwritten(uploading_app, sftp_server):
+    # A state file the run cannot read holds the last upload's count: recording the
+    # failed run over it would silently erase the guard's memory.
+    state = uploading_app.root / "clever_export.state.json"
+    state.write_text('{"last_upload": {"students": 4210, "at": "2026-11-29T01:30:00+0000"')  # cut short
+    before = state.read_bytes()
+    result = uploading_app.run(*uploading_app.base_args)
+    assert result.returncode == 5 and "--force" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert state.read_bytes() == before
+    assert uploading_app.run(*uploading_app.base_args).returncode == 5  # still refusing
+
+
+def test_status_shows_a_killed_run_as_one(uploading_app, sftp_server):
+    import signal
+
+    assert uploading_app.run(*uploading_app.base_args).returncode == 0
+    sftp_server.auth_gate = threading.Event()
+    process = uploading_app.start(*uploading_app.base_args)
+    try:
+        assert sftp_server.auth_waiting.wait(20)
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+    finally:
+        sftp_server.auth_gate.set()
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=10)
+    status = uploading_app.run("--status")
+    assert status.returncode == 143, status.stdout
+    assert "recorded no outcome" in status.stdout and "killed" in status.stdout
+
+
+def test_a_dry_run_does_not_replace_last_nights_record(uploading_app, sftp_server):
+    assert uploading_app.run(*uploading_app.base_args, env={"D118_SFTP_PASSWORD": "wrong"}).returncode == 4
+    assert uploading_app.run(*uploading_app.base_args, "--dry-run").returncode == 0
+    assert uploading_app.run(*uploading_app.base_args, "--no-upload").returncode == 0
+    status = uploading_app.run("--status")
+    assert status.returncode == 4 and "exit 4" in status.stdout
+
+
+@pytest.mark.parametrize("max_age", ["nan", "inf", "-5"])
+def test_status_refuses_a_meaningless_max_age(app, max_age):
+    result = app.run("--status", "--max-age", max_age)
+    assert result.returncode == 2 and "--max-age" in result.stderr
+
+
+def test_an_upload_time_in_the_future_fails_max_age(uploading_app, sftp_server):
+    assert uploading_app.run(*uploading_app.base_args).returncode == 0
+    state_path = uploading_app.root / "clever_export.state.json"
+    state = json.loads(state_path.read_text())
+    state["last_upload"]["at"] = "2099-01-01T01:30:00+0000"
+    state_path.write_text(json.dumps(state))
+    result = uploading_app.run("--status", "--max-age", "26")
+    assert result.returncode == 1 and "in the future" in result.stdout

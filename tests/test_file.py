@@ -73,3 +73,38 @@ def test_demo_writes_the_sample_file(app):
     assert by_number["1013"] == ["N", "W", "N"]  # 1013.0
     assert "1041" not in by_number and "1044" not in by_number  # test student, graduated
     assert not app.output.exists()  # the demo never touches the real export file
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--output", "known_hosts"], "--output"),
+        (["--output", "clever_export.py"], "--output"),
+        (["--output", "clever_export.env"], "--output"),
+        (["--state-file", "clever_export.env"], "--state-file"),
+        (["--log-file", "known_hosts"], "--log-file"),
+        (["--output", "same.txt", "--state-file", "same.txt"], "--output and --state-file"),
+        (["--output", "clever_export.sent.txt"], "--output"),
+    ],
+)
+def test_no_flag_can_aim_a_written_file_at_the_scripts_own_files(app, db, flags, named):
+    app.env["POWERSCHOOL_DB_PASSWORD"] = "x"
+    (app.root / "clever_export.env").write_text("# settings\n")
+    (app.root / "clever_export.env").chmod(0o600)
+    before = {p.name: p.read_bytes() for p in app.root.iterdir() if p.is_file()}
+    result = app.run("--sqlite", str(db([Student(1)])), "--no-upload", *flags)
+    assert result.returncode == 2 and named in result.stderr, result.stderr
+    after = {p.name: p.read_bytes() for p in app.root.iterdir() if p.is_file()}
+    assert {name: after.get(name) for name in before} == before
+
+
+def test_folders_the_script_creates_are_the_accounts_alone(app, db):
+    old = os.umask(0)
+    try:
+        result = app.run("--sqlite", str(db([Student(1)])), "--no-upload", "--output", "out/sub/x.txt",
+                         "--log-file", "logs/x.log", "--state-file", "st/s.json")  # fmt: skip
+    finally:
+        os.umask(old)
+    assert result.returncode == 0, result.stderr
+    for folder in ("out", "out/sub", "logs", "st"):
+        assert (app.root / folder).stat().st_mode & 0o077 == 0, folder

@@ -409,3 +409,19 @@ def test_readme_debian_install_block_installs_a_working_copy(tmp_path):
     assert written and all(len(line.split("\t")) == 4 for line in written.splitlines())
     # Every substitution was needed: a README change that makes one stale fails here.
     assert used == {readme_text for readme_text, _, _ in INSTALL_SUBSTITUTIONS}
+
+
+def test_an_env_file_saved_by_notepad_with_a_byte_order_mark_works(uploading_app, sftp_server):
+    path = move_sftp_settings_to_file(uploading_app)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    result = uploading_app.run(*uploading_app.base_args)
+    assert result.returncode == 0, result.stderr
+
+
+def test_an_env_file_line_that_is_not_key_value_is_named_in_one_line(uploading_app, sftp_server):
+    path = move_sftp_settings_to_file(uploading_app)
+    path.write_text(path.read_text() + "this is not a setting\n'unclosed\n")
+    result = uploading_app.run(*uploading_app.base_args)
+    assert result.returncode == 2
+    line = one_line(result.stderr)
+    assert str(path) in line and "not KEY=value" in line

@@ -110,3 +110,11 @@ def test_check_warns_when_the_current_values_table_is_missing(app, tmp_path):
     changed = app.run("--check", "--changed-only", "--sqlite", str(path), "--timeout", "3")
     assert "[FAIL] current_values table u_def_ext_students0 readable" in changed.stdout
     assert changed.returncode != 0
+
+
+def test_a_password_in_the_connect_string_is_refused_and_never_shown(app):
+    env = {**ORACLE_ENV, "POWERSCHOOL_PROD_DB": "psnavigator/Hunter2Secret@127.0.0.1:1/PSPRODDB"}
+    result = app.run("--no-upload", "--timeout", "3", env=env)
+    assert result.returncode == 2
+    assert "POWERSCHOOL_DB_PASSWORD" in one_line(result.stderr)
+    assert "Hunter2Secret" not in result.everything()

@@ -180,3 +180,16 @@ def test_changed_only_with_nothing_changed_uploads_an_empty_file(uploading_app, 
     result = uploading_app.run("--sqlite", str(db(same)), "--changed-only", "--timeout", "5")
     assert result.returncode == 0, result.stderr
     assert sftp_server.remote().read_bytes() == b""
+
+
+def test_two_spellings_of_one_code_with_different_letters_are_refused(app, tmp_path):
+    toml = '[race]\nstate_codes = { "16" = "W", "16.0" = "B" }\n'
+    result = app.run("--demo", "--config", str(write_config(tmp_path, toml)))
+    assert result.returncode == 2 and "race.state_codes" in result.stderr and "twice" in result.stderr
+
+
+def test_a_profile_saved_with_a_byte_order_mark_loads(app, tmp_path):
+    path = tmp_path / "bom.toml"
+    path.write_bytes("\ufeff[profile]\nname = 'Notepad'\n".encode())
+    result = app.run("--demo", "--config", str(path))
+    assert result.returncode == 0, result.stderr and "Notepad" in result.stdout
