@@ -326,7 +326,7 @@ def main() -> int:
                 results[size, contender] = measure(contender, database, latency, files[contender], repeat)
             for contender in files:
                 r = results[size, contender]
-                floor = results[size, "clientfloor" if contender == "client" else "floor"]["seconds"]
+                floor = results[size, "clientfloor" if contender.startswith("client") else "floor"]["seconds"]
                 print(f"{size:>9} {contender:<11} {r['seconds']:>8.3f} {r['seconds'] / floor:>8.2f} "
                       f"{r['peak_mb']:>8.1f} {r['queries']:>8}")  # fmt: skip
             contents = {files[c].read_bytes() for c in files}

@@ -202,13 +202,19 @@ class SftpServer:
     auth_gate: when set to an Event, logins wait for it (to hold a run open).
     posix_rename: False makes the server refuse posix-rename@openssh.com, as
     some SFTP servers do, leaving only SFTPv3's rename (which will not replace).
+    fail_writes_after: once a connection has written more than this many bytes,
+    each further write is answered with SFTP Failure ("disk full"); with
+    refuse_once, only the first such write is (a quota that frees up).
+    algorithms: kex_algs=, encryption_algs=, mac_algs= handed to create_server.
     """
 
     username = "clever"
     password = SECRET_SFTP_PASSWORD
     remote_dir = "/sftp/clever/"
 
-    def __init__(self, workdir: Path):
+    def __init__(
+        self, workdir: Path, fail_writes_after: int | None = None, refuse_once: bool = False, **algorithms
+    ):
         self.workdir = workdir
         self.root = workdir / "sftp-root"
         (self.root / "sftp" / "clever").mkdir(parents=True)
@@ -225,14 +231,17 @@ class SftpServer:
         self.cut_after_bytes = 40_000
         self.auth_gate: threading.Event | None = None
         self.posix_rename = True
+        self.fail_writes_after = fail_writes_after
+        self.refuse_once = refuse_once
+        self.refused_writes = 0
         self.auth_waiting = threading.Event()
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.acceptor = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
+        self.acceptor = asyncio.run_coroutine_threadsafe(self._start(algorithms), self.loop).result(10)
         self.port = self.acceptor.sockets[0].getsockname()[1]
 
-    async def _start(self):
+    async def _start(self, algorithms):
         fixture = self
 
         class Server(asyncssh.SSHServer):
@@ -259,6 +268,14 @@ class SftpServer:
                 self.number = chan.get_connection().get_owner().number
 
             def write(self, file_obj, offset, data):
+                if fixture.fail_writes_after is not None:
+                    if self.written + len(data) > fixture.fail_writes_after and not (
+                        fixture.refuse_once and fixture.refused_writes
+                    ):
+                        fixture.refused_writes += 1
+                        raise asyncssh.SFTPFailure("disk full")
+                    self.written += len(data)
+                    return super().write(file_obj, offset, data)
                 cut = fixture.cut_connections
                 if cut == "all" or self.number in cut:
                     self.written += len(data)
@@ -278,6 +295,7 @@ class SftpServer:
             authorized_client_keys=asyncssh.import_authorized_keys(
                 self.client_key.export_public_key().decode()),
             sftp_factory=FaultySftp,
+            **algorithms,
         )  # fmt: skip
 
     def known_hosts_line(self, key=None) -> str:
@@ -319,6 +337,22 @@ def sftp_server(tmp_path):
     server = SftpServer(tmp_path)
     yield server
     server.stop()
+
+
+@pytest.fixture
+def fault_server(tmp_path):
+    """fault_server(**options) -> a started SftpServer with those faults, stopped after the test."""
+    servers: list[SftpServer] = []
+
+    def start(**options) -> SftpServer:
+        workdir = tmp_path / f"fault-server-{len(servers)}"
+        workdir.mkdir()
+        servers.append(SftpServer(workdir, **options))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()
 
 
 @pytest.fixture

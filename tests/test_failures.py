@@ -2,14 +2,12 @@
 stderr naming the thing and the fix, no traceback, nothing uploaded after the
 failure, and no retry where a retry cannot help.
 
-The SFTP faults conftest's server lacks (restricted algorithms, a write the
-server answers with Failure) come from FaultServer below, a small asyncssh
-server modelled on conftest's SftpServer.
+Restricted algorithms and writes the server answers with Failure come from
+conftest's fault_server (its SftpServer with those faults switched on).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import socket
@@ -19,7 +17,6 @@ import sys
 import threading
 from pathlib import Path
 
-import asyncssh
 import pytest
 from conftest import (
     ORACLE_ENV,
@@ -31,6 +28,7 @@ from conftest import (
     one_line,
     remote_names,
 )
+from conftest import clever_export as ce
 
 # --- Helpers ----------------------------------------------------------------------
 
@@ -83,122 +81,6 @@ def errors_in(stderr: str) -> list[str]:
 def wording(line: str, tmp_path: Path) -> str:
     """A message without the test's folder, whose name (pytest's) repeats the test's words."""
     return line.replace(str(tmp_path), "TMP")
-
-
-# --- A small SFTP server with the faults conftest's lacks -------------------------
-
-
-class FaultServer:
-    """asyncssh SFTP server on loopback (password login, as conftest's SftpServer).
-
-    algorithms: kex_algs=, encryption_algs=, mac_algs= handed to create_server.
-    fail_writes_after: once a connection has written more than this many bytes,
-    each further write is answered with SFTP Failure ("disk full"); with
-    refuse_once, only the first such write is (a quota that frees up, a
-    storage back end that fails one request).
-    """
-
-    username = "clever"
-    password = SECRET_SFTP_PASSWORD
-
-    def __init__(
-        self, workdir: Path, fail_writes_after: int | None = None, refuse_once: bool = False, **algorithms
-    ):
-        self.root = workdir / "fault-sftp-root"
-        (self.root / "sftp" / "clever").mkdir(parents=True)
-        self.host_key = asyncssh.generate_private_key("ssh-ed25519")
-        self.fail_writes_after = fail_writes_after
-        self.refuse_once = refuse_once
-        self.connections = 0
-        self.refused_writes = 0
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.acceptor = asyncio.run_coroutine_threadsafe(self._start(algorithms), self.loop).result(10)
-        self.port = self.acceptor.sockets[0].getsockname()[1]
-
-    async def _start(self, algorithms):
-        fixture = self
-
-        class Server(asyncssh.SSHServer):
-            def connection_made(self, conn):
-                fixture.connections += 1
-
-            def begin_auth(self, username):
-                return True
-
-            def password_auth_supported(self):
-                return True
-
-            def validate_password(self, username, password):
-                return username == fixture.username and password == fixture.password
-
-        class RefusingSftp(asyncssh.SFTPServer):
-            def __init__(self, chan):
-                super().__init__(chan, chroot=str(fixture.root))
-                self.written = 0
-
-            def write(self, file_obj, offset, data):
-                if fixture.fail_writes_after is not None:
-                    if self.written + len(data) > fixture.fail_writes_after and not (
-                        fixture.refuse_once and fixture.refused_writes
-                    ):
-                        fixture.refused_writes += 1
-                        raise asyncssh.SFTPFailure("disk full")
-                    self.written += len(data)
-                return super().write(file_obj, offset, data)
-
-        return await asyncssh.create_server(
-            Server,
-            "127.0.0.1",
-            0,
-            server_host_keys=[self.host_key],
-            sftp_factory=RefusingSftp,
-            **algorithms,
-        )
-
-    def known_hosts_line(self) -> str:
-        return f"[127.0.0.1]:{self.port} {self.host_key.export_public_key().decode().strip()}\n"
-
-    def remote(self, name: str = "raceethnicity.txt") -> Path:
-        return self.root / "sftp" / "clever" / name
-
-    def env(self) -> dict[str, str]:
-        return {
-            "D118_SFTP_ADDRESS": "127.0.0.1",
-            "D118_SFTP_PORT": str(self.port),
-            "D118_SFTP_USERNAME": self.username,
-            "D118_SFTP_PASSWORD": self.password,
-        }
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-    async def _shutdown(self) -> None:
-        self.acceptor.close()
-        await self.acceptor.wait_closed()
-        others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
-        for task in others:
-            task.cancel()
-        await asyncio.gather(*others, return_exceptions=True)
-
-
-@pytest.fixture
-def fault_server(tmp_path):
-    """fault_server(**options) -> a started FaultServer, stopped after the test."""
-    servers: list[FaultServer] = []
-
-    def start(**options) -> FaultServer:
-        server = FaultServer(tmp_path, **options)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 def deploy_for(app, server, db, students: list[Student] | None = None):
@@ -825,13 +707,7 @@ def test_changed_only_without_the_current_values_table_exits_3(app, db):
 # 11. A profile query ending in ';' or a comment
 # =============================================================================
 
-QUERY_BODY = """\
-SELECT s.id, s.dcid, s.student_number, s.first_name, s.last_name, s.fedethnicity,
-       d.fer state_race, x.lep
-FROM students s
-LEFT JOIN s_il_stu_demographics_x d ON d.studentsdcid = s.dcid
-LEFT JOIN s_il_stu_x x ON x.studentsdcid = s.dcid
-WHERE s.enroll_status = 0"""
+QUERY_BODY = ce.ILLINOIS_QUERY
 
 
 @pytest.mark.parametrize(
