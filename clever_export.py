@@ -40,7 +40,7 @@ Guarantees
 
 Exit codes
     0  success
-    1  a bug in this script (the log has the traceback; please report it)
+    1  a bug in this script (the log has the traceback; please report it); for --status --max-age: the last upload is too old
     2  usage or configuration: a flag, variable, file or profile
     3  database: connect or query
     4  SFTP: connect, login, host key, upload
@@ -138,7 +138,8 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 EXIT_TERMINATED = 143  # 128 + SIGTERM, as shells report a kill
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "success",
-    EXIT_BUG: "a bug in this script (the log has the traceback; please report it)",
+    EXIT_BUG: "a bug in this script (the log has the traceback; please report it); "
+    "for --status --max-age: the last upload is too old",
     EXIT_CONFIG: "usage or configuration: a flag, variable, file or profile",
     EXIT_DATABASE: "database: connect or query",
     EXIT_SFTP: "SFTP: connect, login, host key, upload",
@@ -1421,10 +1422,6 @@ class Summary:
     def skip(self, reason: str) -> None:
         self.skipped[reason] += 1
 
-    def remove(self, letters: Letters, students: int = 1) -> None:
-        """Take back students counted before they turned out to be duplicates."""
-        self.add(letters, -students)
-
     def blanks(self, field: str) -> int:
         return self.values.get(field, collections.Counter())[""]
 
@@ -1965,10 +1962,8 @@ def _key_is_encrypted(path: Path) -> bool:
 
 
 class _KnownHostsOnly:
-    """Refuse an unknown host key, as RejectPolicy does, naming a revoked one."""
-
-    def __init__(self, revoked: list):
-        self.revoked = revoked
+    """Refuse an unknown host key, as RejectPolicy does, keeping the key so the
+    message can say whether it is one known_hosts marks @revoked."""
 
     def missing_host_key(self, client, hostname, key) -> None:
         raise _UnknownHostKey(key)
@@ -2005,7 +2000,7 @@ def open_sftp(sftp: SftpSettings, known: KnownHosts | None = None, client_key=No
             continue  # a revoked key is never accepted, even where a line lists it
         for name in entry.hostnames:
             client.get_host_keys().add(name, entry.key.get_name(), entry.key)
-    client.set_missing_host_key_policy(_KnownHostsOnly(known.revoked))
+    client.set_missing_host_key_policy(_KnownHostsOnly())
     if client_key is None and sftp.key_file is not None:
         client_key = load_client_key(sftp)
     offers = _KexOffers()
@@ -3050,7 +3045,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         type=Path,
         default=DEFAULT_STATE_FILE,
-        help="the last upload's student count, for the safety guard "
+        help="the last run and the last upload, for the safety guard, --status and the import check "
         "(default: clever_export.state.json beside the script)",
     )
     safety = parser.add_argument_group("safety and reliability")
@@ -3105,14 +3100,21 @@ def build_parser() -> argparse.ArgumentParser:
     safety.add_argument(
         "--ping-url",
         metavar="URL",
-        help="Healthchecks-style monitoring: URL/start, URL on success, URL/fail with the last log lines",
+        help="Healthchecks-style monitoring: URL/start, URL on success, URL/fail, with the run-level "
+        "log lines (never a student's)",
     )
     output = parser.add_argument_group("output")
     output.add_argument(
-        "-v", "--verbose", action="store_true", help="log how each student's values were mapped"
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log how each student's values were mapped (log file only)",
     )
     output.add_argument(
-        "-q", "--quiet", action="store_true", help="print nothing on success (errors still go to stderr)"
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print nothing on success, even after a retried upload (errors still go to stderr)",
     )
     output.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
