@@ -847,22 +847,27 @@ def connect_oracle(settings: DatabaseSettings, timeout: float):
             "check POWERSCHOOL_PROD_DB and that the database is up"
         )
     if "error" in outcome:
-        message = database_message(outcome["error"])
-        for code, reason in THICK_MODE_ERRORS.items():
-            if code in message:
-                raise DatabaseError(
-                    f"database {where} {reason}, which thin mode cannot do ({message}); this database "
-                    "needs thick mode: install Oracle Instant Client and set ORACLE_CLIENT_LIB_DIR "
-                    "or --oracle-client to its folder (see README, Oracle)"
-                )
-        raise DatabaseError(
-            f"cannot connect to database {where}: {message}; "
-            "check POWERSCHOOL_PROD_DB, POWERSCHOOL_READ_USER and POWERSCHOOL_DB_PASSWORD"
-        )
+        raise connect_failure(where, outcome["error"])
     connection = outcome["connection"]
     connection.call_timeout = int(timeout * 1000)  # each round trip, in ms
     connection.outputtypehandler = _replace_undecodable_text
     return connection
+
+
+def connect_failure(where: str, error: BaseException) -> DatabaseError:
+    """The one line for a failed connect: the driver's codes and causes, and the fix."""
+    message = database_message(error)
+    for code, reason in THICK_MODE_ERRORS.items():
+        if code in message:
+            return DatabaseError(
+                f"database {where} {reason}, which thin mode cannot do ({message}); this database "
+                "needs thick mode: install Oracle Instant Client and set ORACLE_CLIENT_LIB_DIR "
+                "or --oracle-client to its folder (see README, Oracle)"
+            )
+    return DatabaseError(
+        f"cannot connect to database {where}: {message}; "
+        "check POWERSCHOOL_PROD_DB, POWERSCHOOL_READ_USER and POWERSCHOOL_DB_PASSWORD"
+    )
 
 
 def describe_dsn(settings: DatabaseSettings, oracledb) -> str:
@@ -2365,6 +2370,9 @@ def setup_logging(log_path: Path, verbose: bool, quiet: bool) -> RecentLines:
             f"cannot write log file {log_path} ({error.strerror}); the account that runs the job must "
             "own it (was the job run once as root or Administrator?), or choose another with --log-file"
         ) from None
+    for backup in range(1, LOG_BACKUPS + 1):  # rotated copies an older version left wider
+        with contextlib.suppress(OSError):
+            narrow_to_owner(f"{log_path}.{backup}")
     log_file.setFormatter(LogLine("%(asctime)s %(levelname)s %(message)s"))
     recent = RecentLines()
     recent.setFormatter(LogLine("%(asctime)s %(levelname)s %(message)s"))

@@ -234,3 +234,13 @@ def test_a_missing_module_is_a_configuration_problem_not_a_bug(app):
 def test_escape_text_shows_controls_and_direction_overrides():
     assert ce.escape_text("a\nb\x1b[31m\u202eevil") == "a\\x0ab\\x1b[31m\\u202eevil"
     assert ce.escape_text("Zoë Muñoz") == "Zoë Muñoz"
+
+
+def test_paramiko_gets_one_quiet_handler_however_many_runs(tmp_path):
+    import logging
+
+    for _ in range(3):
+        ce.setup_logging(tmp_path / "x.log", verbose=False, quiet=True)
+        ce.close_logging()
+    handlers = logging.getLogger("paramiko").handlers
+    assert sum(isinstance(handler, logging.NullHandler) for handler in handlers) == 1

@@ -67,13 +67,33 @@ def test_instant_client_folder_that_does_not_exist_exits_2(app, tmp_path):
     assert result.returncode == 2 and "ORACLE_CLIENT_LIB_DIR" in one_line(result.stderr)
 
 
-def test_thin_mode_errors_that_need_thick_mode_say_how_to_turn_it_on():
+@pytest.mark.parametrize(
+    "driver_text",
+    [
+        "DPY-3001: Native Network Encryption and Data Integrity is only supported in python-oracledb thick mode",
+        "DPY-3010: connections to this database server version are not supported by python-oracledb in thin mode",
+        "DPY-3015: password verifier type 0x939 is not supported by python-oracledb in thin mode",
+    ],
+)
+def test_thin_mode_errors_that_need_thick_mode_say_how_to_turn_it_on(driver_text):
+    # These need a real Oracle server to happen; the driver's own wording (from
+    # python-oracledb's error table) goes through the same function a failure does.
     from conftest import clever_export as ce
 
-    for code in ("DPY-3001", "DPY-3010", "DPY-3015"):
-        assert code in ce.THICK_MODE_ERRORS
-    # The message itself is exercised through a real failure where possible; these
-    # codes need a real Oracle server, so the mapping table is what can be checked.
+    failure = ce.connect_failure("psdb:1521/PS", RuntimeError(driver_text))
+    text = str(failure)
+    assert failure.exit_code == 3 and driver_text[:8] in text
+    assert "needs thick mode" in text and "ORACLE_CLIENT_LIB_DIR" in text and "README, Oracle" in text
+
+
+def test_other_connect_errors_name_the_variables():
+    from conftest import clever_export as ce
+
+    cause = ConnectionRefusedError(111, "Connection refused")
+    error = RuntimeError("DPY-6005: cannot connect to database (CONNECTION_ID=abc).")
+    error.__cause__ = cause
+    text = str(ce.connect_failure("h:1/S", error))
+    assert "DPY-6005" in text and "Connection refused" in text and "POWERSCHOOL_PROD_DB" in text
 
 
 def test_check_runs_the_nightly_and_comparison_statements(app, db):
