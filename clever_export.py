@@ -1667,9 +1667,11 @@ def narrow_to_owner(path: Path | str, descriptor: int | None = None) -> None:
     where the folder's ACL decides: see README, Where student data goes)."""
     if os.name != "posix":
         return
+    # Only a regular file: --log-file /dev/null run as root must not change /dev/null.
     if descriptor is not None:
-        os.fchmod(descriptor, OWNER_ONLY)
-    else:
+        if stat.S_ISREG(os.fstat(descriptor).st_mode):
+            os.fchmod(descriptor, OWNER_ONLY)
+    elif stat.S_ISREG(os.stat(path).st_mode):
         os.chmod(path, OWNER_ONLY)
 
 

@@ -526,3 +526,18 @@ def test_output_file_name_cannot_name_the_profile_it_comes_from(app, db):
     result = app.run("--sqlite", str(db([Student(1001)])), "--no-upload", "--config", "district.toml")
     assert config.read_text() == profile_text
     assert result.returncode == 2 and "output.file_name" in result.stderr
+
+
+def test_a_device_as_the_log_is_never_narrowed(app, db):
+    # Run as root, a chmod would make /dev/null unusable for every other account.
+    if not os.path.exists("/dev/null"):
+        pytest.skip("no /dev/null")
+    before = os.stat("/dev/null").st_mode
+    try:
+        result = app.run("--sqlite", str(db([Student(1)])), "--no-upload", "--log-file", "/dev/null")
+        after = os.stat("/dev/null").st_mode
+    finally:
+        if os.stat("/dev/null").st_mode != before and os.geteuid() == 0:
+            os.chmod("/dev/null", stat.S_IMODE(before))  # put the machine back before failing
+    assert result.returncode == 0, result.stderr
+    assert after == before
