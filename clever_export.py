@@ -2511,98 +2511,99 @@ def run_export(options: RunOptions, environ: dict[str, str], record: RunRecord) 
             load_client_key(sftp)
     if options.changed_only and not profile.can_compare():
         raise ConfigError("--changed-only needs current_values.table in the profile")
-    with RunLock(options.lock_path):
-        remove_stale_temporaries(options.output_path)
-        remove_stale_temporaries(options.state_path)
-        remove_stale_temporaries(options.state_path.parent / SENT_FILE_NAME)
-        LOG.info("export started: profile %s, %s", profile.name, describe_source(options, database))
-        sent = plan_import_check(options)
-        connection = open_source(options, database)
-        try:
-            if sent is not None and not table_exists(connection, profile.current_table):
+    # The caller holds the run lock.
+    remove_stale_temporaries(options.output_path)
+    remove_stale_temporaries(options.state_path)
+    remove_stale_temporaries(options.state_path.parent / SENT_FILE_NAME)
+    LOG.info("export started: profile %s, %s", profile.name, describe_source(options, database))
+    sent = plan_import_check(options)
+    connection = open_source(options, database)
+    try:
+        compare = options.changed_only or (options.dry_run and profile.can_compare()) or sent is not None
+        if compare and not table_exists(connection, profile.current_table):
+            if options.changed_only:
+                raise DatabaseError(
+                    f"--changed-only compares with current_values.table {profile.current_table}, "
+                    "which cannot be read; check the table name in your profile and the read grant"
+                )
+            if sent is not None:  # the import check never fails the night
                 LOG.info(
                     "import check skipped: current_values.table %s cannot be read", profile.current_table
                 )
                 sent = None
-            compare = options.changed_only or (options.dry_run and profile.can_compare()) or sent is not None
-            if compare and not table_exists(connection, profile.current_table):
-                if options.changed_only:
-                    raise DatabaseError(
-                        f"--changed-only compares with current_values.table {profile.current_table}, "
-                        "which cannot be read; check the table name in your profile and the read grant"
-                    )
+            if options.dry_run:
                 LOG.warning(
                     "current_values.table %s cannot be read, so the dry run does not compare",
                     profile.current_table,
                 )
-                compare = False
-            statement = export_statement(profile, compare)
-            mapper = export_pass(connection, statement, options, sent)
-            scattered = mapper.scattered_numbers()
-            if scattered:
-                # student_number is text in different forms: once more, holding those students together.
-                LOG.info(
-                    "%d student numbers have rows that did not arrive together; reading once more",
-                    len(scattered),
-                )
-                mapper = export_pass(connection, statement, options, sent, scattered)
-        finally:
-            connection.close()
-        summary = mapper.summary
-        size = options.output_path.stat().st_size
-        LOG.info("wrote %s (%d students, %d bytes)", options.output_path, summary.written, size)
-        duplicates = summary.skipped[SKIP_DUPLICATE]
-        if duplicates:
-            LOG.warning(
-                "%d student numbers have several active rows with different values and got no line; "
-                "the log names them",
-                duplicates,
+            compare = False
+        statement = export_statement(profile, compare)
+        mapper = export_pass(connection, statement, options, sent)
+        scattered = mapper.scattered_numbers()
+        if scattered:
+            # student_number is text in different forms: once more, holding those students together.
+            LOG.info(
+                "%d student numbers have rows that did not arrive together; reading once more",
+                len(scattered),
             )
-        record.students, record.bytes = summary.written, size
-        if options.dry_run:
-            last_check = read_state_quietly(options.state_path).get("last_import_check")
-            for line in [*summary.report().splitlines(), describe_import_check(last_check)]:
-                LOG.info("%s", line)  # one log line per report line
-        if options.upload and not options.dry_run:
-            state = {} if options.force else read_state(options.state_path)
-            if not options.force:
-                check_guard(
-                    summary.active, previous_upload_count(state, options.state_path), options.max_drop_percent
-                )
-            remote_size = upload(options.output_path, sftp, known, profile, options.retry)
-            record.remote_path = f"{sftp.host}:{posixpath.join(profile.remote_dir, profile.file_name)}"
-            LOG.info("uploaded to %s (%d bytes)", record.remote_path, remote_size)
-            record.message = "uploaded"
-            upload_record = {
-                "students": summary.active,
-                "at": now_text(),
-                "bytes": remote_size,
-                "remote_path": record.remote_path,
-                "changed_only": options.changed_only,
-            }
-            state = read_state_quietly(options.state_path)
-            try:
-                upload_record["sent_sha256"] = keep_sent_copy(options.output_path, options.state_path)
-            except OSError as error:
-                LOG.warning(
-                    "the upload succeeded, but its copy for the import check was not kept in %s (%s); "
-                    "fix --state-file, whose folder holds it",
-                    options.state_path.parent,
-                    error.strerror,
-                )
-            previous_upload = state.get("last_upload")
-            state["last_upload"] = upload_record
-            failure = None
-            if mapper.import_check is not None:
-                state["last_import_check"], failure = judge_import(
-                    mapper.import_check, previous_upload, options.import_tolerance_percent
-                )
-            try:
-                write_state(options.state_path, state)
-            except ExportError as error:
-                LOG.warning("the upload succeeded, but %s", error)
-            if failure is not None:
-                raise failure
+            mapper = export_pass(connection, statement, options, sent, scattered)
+    finally:
+        connection.close()
+    summary = mapper.summary
+    size = options.output_path.stat().st_size
+    LOG.info("wrote %s (%d students, %d bytes)", options.output_path, summary.written, size)
+    duplicates = summary.skipped[SKIP_DUPLICATE]
+    if duplicates:
+        LOG.warning(
+            "%d student numbers have several active rows with different values and got no line; "
+            "the log names them",
+            duplicates,
+        )
+    record.students, record.bytes = summary.written, size
+    if options.dry_run:
+        last_check = read_state_quietly(options.state_path).get("last_import_check")
+        for line in [*summary.report().splitlines(), describe_import_check(last_check)]:
+            LOG.info("%s", line)  # one log line per report line
+    if options.upload and not options.dry_run:
+        state = {} if options.force else read_state(options.state_path)
+        if not options.force:
+            check_guard(
+                summary.active, previous_upload_count(state, options.state_path), options.max_drop_percent
+            )
+        remote_size = upload(options.output_path, sftp, known, profile, options.retry)
+        record.remote_path = f"{sftp.host}:{posixpath.join(profile.remote_dir, profile.file_name)}"
+        LOG.info("uploaded to %s (%d bytes)", record.remote_path, remote_size)
+        record.message = "uploaded"
+        upload_record = {
+            "students": summary.active,
+            "at": now_text(),
+            "bytes": remote_size,
+            "remote_path": record.remote_path,
+            "changed_only": options.changed_only,
+        }
+        state = read_state_quietly(options.state_path)
+        try:
+            upload_record["sent_sha256"] = keep_sent_copy(options.output_path, options.state_path)
+        except OSError as error:
+            LOG.warning(
+                "the upload succeeded, but its copy for the import check was not kept in %s (%s); "
+                "fix --state-file, whose folder holds it",
+                options.state_path.parent,
+                error.strerror,
+            )
+        previous_upload = state.get("last_upload")
+        state["last_upload"] = upload_record
+        failure = None
+        if mapper.import_check is not None:
+            state["last_import_check"], failure = judge_import(
+                mapper.import_check, previous_upload, options.import_tolerance_percent
+            )
+        try:
+            write_state(options.state_path, state)
+        except ExportError as error:
+            LOG.warning("the upload succeeded, but %s", error)
+        if failure is not None:
+            raise failure
     LOG.info("%s", summary.line(time.monotonic() - started))
     return summary
 
@@ -2734,14 +2735,27 @@ def export_pass(
     return mapper
 
 
+def record_start(state_path: Path, record: RunRecord) -> None:
+    """Mark the run as started (the lock held): a run killed before its end shows in --status."""
+    _update_state(state_path, record, {"running": {"started": record.started, "pid": os.getpid()}})
+
+
 def record_run(state_path: Path, record: RunRecord) -> None:
     """Keep the run's outcome beside the script for --status; never fails the run."""
+    _update_state(state_path, record, {"last_run": dataclasses.asdict(record), "running": None})
+
+
+def _update_state(state_path: Path, record: RunRecord, changes: dict[str, Any]) -> None:
     try:
         # A state file that cannot be read is never overwritten here: it holds
         # the last upload's count, and the guard must go on refusing until an
         # admin fixes it or says --force.
         state = read_state(state_path)
-        state["last_run"] = dataclasses.asdict(record)
+        for key, value in changes.items():
+            if value is None:
+                state.pop(key, None)
+            else:
+                state[key] = value
         write_state(state_path, state)
     except Exception as error:  # the run's outcome stands whatever happens here
         # After a failure the admin needs the failure's one line, not this one.
@@ -2757,15 +2771,23 @@ def show_status(state_path: Path, max_age_hours: float | None) -> int:
         print(f"status: {error}")
         return EXIT_CONFIG
     last_run, last_upload = state.get("last_run"), state.get("last_upload")
-    if not isinstance(last_run, dict):
+    running = state.get("running")
+    if isinstance(running, dict):
+        if _process_alive(running.get("pid")):
+            print(
+                f"running now: a run started {escape_text(running.get('started', '?'))} (pid {running.get('pid')})"
+            )
+        else:
+            print(
+                f"last run: started {escape_text(running.get('started', '?'))} and recorded no outcome: "
+                "it was killed (SIGKILL, a reboot, a power cut) or is still running"
+            )
+            last_run = {"exit_code": EXIT_TERMINATED, "started": running.get("started"), "killed": True}
+    if isinstance(last_run, dict) and last_run.get("killed"):
+        code = EXIT_TERMINATED
+    elif not isinstance(last_run, dict):
         print(f"last run: none recorded in {state_path}")
         code = EXIT_CONFIG
-    elif last_run.get("exit_code") is None:
-        code = EXIT_TERMINATED
-        print(
-            f"last run: started {escape_text(last_run.get('started', '?'))} and recorded no outcome: "
-            "it is still running, or it was killed (SIGKILL, a reboot, a power cut)"
-        )
     else:
         code = last_run.get("exit_code")
         code = code if type(code) is int else EXIT_BUG
@@ -2788,12 +2810,26 @@ def show_status(state_path: Path, max_age_hours: float | None) -> int:
     if max_age_hours is not None:
         age = upload_age_hours(last_upload)
         if age is None or age > max_age_hours or age < -0.25:
-            shown = "never" if age is None else f"{age:.1f} hours ago"
+            shown = "never made" if age is None else f"made {age:.1f} hours ago"
             if age is not None and age < -0.25:
                 shown = f"{-age:.1f} hours in the future (check the clock)"
-            print(f"the last successful upload was {shown}, more than --max-age {max_age_hours:g} hours")
+            print(f"the last successful upload was {shown}: --max-age is {max_age_hours:g} hours")
             return EXIT_BUG if code == EXIT_OK else code
     return code
+
+
+def _process_alive(pid: Any) -> bool:
+    """Whether the run that marked itself started is still running (Linux/macOS;
+    elsewhere unknown, so False: --status then says "killed or still running")."""
+    if os.name != "posix" or type(pid) is not int or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def upload_age_hours(last_upload: Any) -> float | None:
@@ -3139,20 +3175,12 @@ def finite_number(value: float, flag: str, low: float, high: float) -> float:
 
 def resolve_options(args: argparse.Namespace, profile: Profile) -> RunOptions:
     """The command line applied to the profile once, and checked once."""
-    if sum((args.demo, args.check, args.show_host_key, args.status, args.demo_db is not None)) > 1:
-        raise ConfigError("choose one of --demo, --demo-db, --check, --show-host-key and --status")
-    if args.demo and args.sqlite:
-        raise ConfigError("--demo uses its own sample data; leave out --sqlite")
-    if args.max_age is not None and not args.status:
-        raise ConfigError("--max-age goes with --status")
     finite_number(args.timeout, "--timeout", 0.1, 3600)
     finite_number(args.retry_wait, "--retry-wait", 0, 3600)
     finite_number(args.max_drop, "--max-drop", 0, 100)
     finite_number(args.retries, "--retries", 1, 20)
     finite_number(args.import_deadline, "--import-deadline", 0, 24 * 366)
     finite_number(args.import_tolerance, "--import-tolerance", 0, 100)
-    if args.max_age is not None:
-        finite_number(args.max_age, "--max-age", 0, 24 * 366)
     overrides: dict[str, Any] = {}
     if args.remote_dir is not None:
         overrides["remote_dir"] = args.remote_dir
@@ -3173,7 +3201,7 @@ def resolve_options(args: argparse.Namespace, profile: Profile) -> RunOptions:
         output_path=output_path,
         known_hosts_path=beside_script(args.known_hosts),
         state_path=state_path,
-        lock_path=beside_script(args.lock_file) if args.lock_file else state_path.parent / LOCK_FILE_NAME,
+        lock_path=lock_path_of(args),
         upload=not (args.no_upload or args.demo or args.dry_run),
         dry_run=args.dry_run,
         changed_only=args.changed_only,
@@ -3195,9 +3223,7 @@ def check_own_files(args: argparse.Namespace, output_path: Path | None = None) -
         "--output" if args.output else "output.file_name": output_path,
         "--state-file": state_path,
         "--log-file": beside_script(args.log_file),
-        "--lock-file": beside_script(args.lock_file)
-        if args.lock_file
-        else state_path.parent / LOCK_FILE_NAME,
+        "--lock-file": lock_path_of(args),
     }
     kept = {
         "the script": Path(__file__).resolve(),
@@ -3315,6 +3341,38 @@ def _raise_terminated(signum, frame) -> None:
     raise Terminated()
 
 
+def check_modes(args: argparse.Namespace) -> None:
+    """One mode per run, and each flag with the mode it belongs to: checked before anything."""
+    modes = [flag for flag, chosen in (
+        ("--demo", args.demo), ("--demo-db", args.demo_db is not None), ("--check", args.check),
+        ("--show-host-key", args.show_host_key), ("--status", args.status),
+    ) if chosen]  # fmt: skip
+    if len(modes) > 1:
+        raise ConfigError(f"choose one of {' and '.join(modes)}")
+    if args.demo and args.sqlite:
+        raise ConfigError("--demo uses its own sample data; leave out --sqlite")
+    if args.max_age is not None:
+        if not args.status:
+            raise ConfigError("--max-age goes with --status")
+        finite_number(args.max_age, "--max-age", 0, 24 * 366)
+
+
+def is_nightly(args: argparse.Namespace) -> bool:
+    """A run whose outcome --status reports: an upload, not an admin's trial."""
+    return not (
+        args.status or args.demo_db is not None or args.demo or args.check or args.show_host_key
+        or args.dry_run or args.no_upload
+    )  # fmt: skip
+
+
+def lock_path_of(args: argparse.Namespace) -> Path:
+    return (
+        beside_script(args.lock_file)
+        if args.lock_file
+        else beside_script(args.state_file).parent / LOCK_FILE_NAME
+    )
+
+
 def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> int:
     """Run the command line; return the exit code. The one place failures become codes."""
     _SECRETS.clear()  # this run's secrets only
@@ -3322,7 +3380,7 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
     args = None
     recent = None
     record: RunRecord | None = None
-    state_path: Path | None = None
+    lock: RunLock | None = None
     code = EXIT_BUG
     previous_handler = None
     if threading.current_thread() is threading.main_thread():
@@ -3330,25 +3388,15 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
     try:
         try:
             args = build_parser().parse_args(argv)
-            nightly = not (
-                args.status or args.demo_db or args.demo or args.check or args.show_host_key
-                or args.dry_run or args.no_upload
-            )  # fmt: skip
-            if nightly:
-                # Recorded for --status from here on, whatever stops the run; an
-                # admin's --dry-run or --no-upload does not replace last night's record.
-                state_path = beside_script(args.state_file)
-                record = RunRecord(started=now_text())
+            check_modes(args)
+            if is_nightly(args):
+                record = RunRecord(started=now_text())  # for --status, whatever stops the run
             if args.status:
-                if args.max_age is not None:
-                    finite_number(args.max_age, "--max-age", 0, 24 * 366)
                 return show_status(beside_script(args.state_file), args.max_age)
             if args.demo_db is not None:
                 return write_demo_db(beside_script(args.demo_db))
             check_own_files(args)
             recent = setup_logging(beside_script(args.log_file), args.verbose, args.quiet)
-            if record is not None:
-                record_run(state_path, record)  # "started": a killed run shows as one in --status
             environ, env_source = read_env_file(args.env_file, environ)
             if args.oracle_client:
                 environ["ORACLE_CLIENT_LIB_DIR"] = args.oracle_client
@@ -3358,6 +3406,11 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
                 return show_host_key(options, environ)
             if args.check:
                 return run_check(options, environ)
+            # From here the run holds the lock: a run refused by it touches nothing,
+            # and the state file is only ever written by the lock's holder.
+            lock = RunLock(options.lock_path).__enter__()
+            if record is not None:
+                record_start(options.state_path, record)
             ping(args.ping_url, "/start")
             run_export(options, environ, record or RunRecord(started=now_text()))
             ping(args.ping_url, "", "\n".join(recent.lines))
@@ -3366,7 +3419,7 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
             return int(exit_request.code or 0)
         except ExportError as error:
             code = error.exit_code
-            _report_failure(str(error), args, recent)
+            _report_failure(str(error), args, recent, send_ping=not isinstance(error, LockedError))
             if record is not None:
                 record.message = escape_text(str(error))[:500]
         except KeyboardInterrupt:
@@ -3383,6 +3436,10 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
                 args,
                 recent,
             )
+        except BrokenPipeError:  # --status | head: the reader left; nothing to report
+            with contextlib.suppress(OSError):
+                sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the interpreter's final flush)
+            return EXIT_OK
         except Exception as error:
             code = EXIT_BUG
             _report_failure(
@@ -3392,23 +3449,38 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
                 recent,
                 with_traceback=True,
             )
-        if record is not None and state_path is not None:
-            record.finished, record.exit_code = now_text(), code
-            record.message = record.message or ("succeeded" if code == EXIT_OK else EXIT_CODES.get(code, ""))
-            record_run(state_path, record)
+        if record is not None and code != EXIT_LOCKED:
+            if lock is None:  # failed before taking it (a setting): take it to record, or leave it be
+                with contextlib.suppress(ExportError):
+                    lock = RunLock(lock_path_of(args)).__enter__()
+            if lock is not None:
+                record.finished, record.exit_code = now_text(), code
+                record.message = record.message or (
+                    "succeeded" if code == EXIT_OK else EXIT_CODES.get(code, "")
+                )
+                record_run(beside_script(args.state_file), record)
         return code
     finally:
+        if lock is not None:
+            lock.__exit__(None, None, None)
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
         close_logging()
 
 
-def _report_failure(message: str, args, recent: RecentLines | None, with_traceback: bool = False) -> None:
+def _report_failure(
+    message: str, args, recent: RecentLines | None, with_traceback: bool = False, send_ping: bool = True
+) -> None:
     if not LOG.handlers:  # logging not set up yet (bad flag, unwritable log)
         print(f"ERROR: {escape_text(redact(message))}", file=sys.stderr)
         return
     LOG.error("%s", message, exc_info=with_traceback)
-    if args is not None and getattr(args, "ping_url", None) and not (args.check or args.show_host_key):
+    if (
+        send_ping
+        and args is not None
+        and getattr(args, "ping_url", None)
+        and not (args.check or args.show_host_key)
+    ):
         ping(args.ping_url, "/fail", "\n".join(recent.lines) if recent else message)
 
 

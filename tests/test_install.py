@@ -215,7 +215,7 @@ def test_status_max_age(uploading_app, sftp_server):
     path.write_text(json.dumps(state), encoding="utf-8")
     stale = uploading_app.run("--status", "--max-age", "24")
     assert stale.returncode == 1, stale.stdout
-    assert "more than --max-age 24 hours" in stale.stdout
+    assert "--max-age is 24 hours" in stale.stdout
     assert uploading_app.run("--status", "--max-age", "50").returncode == 0
 
 
