@@ -25,8 +25,9 @@ students under one student_number get one line if they agree, none if not.
 
 Guarantees
   * Passwords and key passphrases never reach stdout, stderr or the log.
-  * Student data goes to the output file, the SFTP server and the log file
-    (all mode 600), never to stdout, stderr or a monitoring ping.
+  * Student data goes to the output file, the SFTP server, the log file and
+    the import check's copy of the last upload (all mode 600), never to
+    stdout, stderr or a monitoring ping.
   * The SFTP server's host key must be in the known_hosts file beside the
     script (or --known-hosts).  There is no switch to skip this check.
   * The importer never sees half a file: the local file is written to a
@@ -34,7 +35,8 @@ Guarantees
     exclusively in the remote directory, is renamed over the final name, and
     its size is checked.
   * A failure exits non-zero with one line on stderr naming the problem and
-    the fix, and nothing is uploaded after a failure.
+    the fix, and nothing is uploaded after a failure (exit 6 reports last
+    night's import, after tonight's upload).
   * One run at a time (an OS lock); a collapsed export (zero students, or a
     large drop since the last upload) is not uploaded.
 
@@ -54,10 +56,11 @@ Files beside the script (not the working directory, because Task Scheduler
 starts jobs in System32): known_hosts, clever_export.env (settings, mode
 600), raceethnicity.txt, clever_export.log (rotated), clever_export.state.json
 (the last run and the last upload, for the guard and --status),
+clever_export.sent.txt (the last upload, for the import check),
 clever_export.lock.
 
-Sections below follow the data: settings, source, mapping, file, upload,
-run, command line.  Run with --help for the options, and see README.md.
+The code's sections follow the data: settings, source, mapping, file,
+upload, run, command line.  README.md has the whole manual.
 """
 
 from __future__ import annotations
@@ -94,7 +97,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
-__version__ = "1.0.0"
+__version__ = "2.0.0"
 
 SCRIPT_DIR = Path(__file__).resolve().parent
 LOG = logging.getLogger("clever_export")
@@ -471,13 +474,12 @@ RESERVED_FILE_NAMES = frozenset(
     name.casefold()
     for name in (
         Path(__file__).name,
-        "known_hosts",
-        "clever_export.log",
-        "clever_export.state.json",
-        "clever_export.lock",
-        "clever_export.env",
-        "clever_export.toml",
-        "clever_export.sent.txt",
+        DEFAULT_KNOWN_HOSTS.name,
+        DEFAULT_LOG_FILE.name,
+        DEFAULT_STATE_FILE.name,
+        LOCK_FILE_NAME,
+        DEFAULT_ENV_FILE.name,
+        SENT_FILE_NAME,
         "requirements.txt",
     )
 )
@@ -492,7 +494,7 @@ def check_file_name(name: str, key: str) -> None:
         or name != name.strip()
     ):
         raise ConfigError(f"{key} must be a plain file name such as raceethnicity.txt, not {name!r}")
-    if name.casefold() in RESERVED_FILE_NAMES or name.casefold().startswith("clever_export.log."):
+    if name.casefold() in RESERVED_FILE_NAMES or name.casefold().startswith(DEFAULT_LOG_FILE.name + "."):
         raise ConfigError(f"{key} = {name!r} is a file the script keeps beside itself; choose another name")
 
 
@@ -552,7 +554,8 @@ def _require_env(environ: dict[str, str], name: str, purpose: str) -> str:
     if not value:
         raise ConfigError(
             f"environment variable {name} ({purpose}) is not set; "
-            "set it in clever_export.env or for the account that runs the job (see README, Configuration)"
+            "set it in the env file (clever_export.env, or --env-file) or for the account that runs "
+            "the job (see README, Configuration)"
         )
     return value
 
@@ -729,6 +732,8 @@ def export_statement(profile: Profile, with_current_values: bool) -> ExportState
         select.append("r.racecd race_code")
         joins.append("LEFT JOIN studentrace r ON r.studentid = q.id")
     if with_current_values:
+        # Grouped with MAX: these are only compared with (never written), and a
+        # custom table with two rows for a student just reads as "changed".
         table, key = profile.current_table, profile.current_key
         current = {f"current_{field.lower()}": custom for field, custom in profile.current_fields().items()}
         columns += current
@@ -881,9 +886,14 @@ def describe_dsn(settings: DatabaseSettings, oracledb) -> str:
     except Exception as error:
         if "." in settings.dsn:  # a bare host name, not an alias
             return settings.dsn
+        fix = (
+            "add it to tnsnames.ora there or set TNS_ADMIN to the right folder"
+            if settings.tns_admin
+            else "set TNS_ADMIN to the folder holding tnsnames.ora, or use host:port/service"
+        )
         raise DatabaseError(
             f"POWERSCHOOL_PROD_DB alias {settings.dsn} cannot be resolved from {folder} "
-            f"({database_message(error)}); add it to tnsnames.ora there or set TNS_ADMIN to the right folder"
+            f"({database_message(error)}); {fix}"
         ) from None
     return f"{settings.dsn} ({params.host}:{params.port}/{params.service_name or params.sid} from {folder})"
 
@@ -950,12 +960,6 @@ def stream_batches(connection, statement: ExportStatement) -> Iterator[list[tupl
             f"the export query failed: {database_message(error)}; check students.query "
             "in your profile (or the built-in one) and the account's read access to its tables"
         ) from None
-    returned = len(cursor.description or ())
-    if returned != len(statement.columns):
-        cursor.close()
-        raise DatabaseError(
-            f"the export query returned {returned} columns, expected {len(statement.columns)}"
-        )
     return _fetch_batches(cursor)
 
 
@@ -1553,9 +1557,10 @@ def export_lines(
         nonlocal previous, in_order, written
         if mapper.skips:
             for skipped in mapper.skips:
-                FILE_LOG.info("skipped: %s", skipped.detail)
                 if skipped.reason == SKIP_DUPLICATE:
                     FILE_LOG.warning("%s", skipped.detail)
+                else:
+                    FILE_LOG.info("skipped: %s", skipped.detail)
             mapper.skips.clear()
         if student is None:
             return None
@@ -1740,6 +1745,20 @@ def make_owner_only_folders(folder: Path) -> None:
         part.mkdir(mode=0o700, exist_ok=True)
         if os.name == "posix":
             os.chmod(part, 0o700)
+
+
+def probe_folder(path: Path) -> None:
+    """Prove the folder `path` goes in writable (for --check), leaving nothing."""
+    make_folder(path, "--output")
+    try:
+        descriptor, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise ConfigError(
+            f"cannot create a file in {path.parent} ({error.strerror}); the account that runs the job "
+            "must own that folder (was the job run once as root?)"
+        ) from None
+    os.close(descriptor)
+    os.unlink(temp_name)
 
 
 def remove_stale_temporaries(path: Path) -> None:
@@ -2100,7 +2119,7 @@ def sftp_failure(
     if isinstance(error, FileNotFoundError):
         return SftpError(
             f"SFTP path not found on {where}{in_dir} ({_first_line(error)}); "
-            "create the remote directory or fix --remote-dir"
+            "create the remote directory or fix --remote-dir (or output.remote_dir in the profile)"
         )
     if isinstance(error, socket.gaierror):
         return SftpError(f"cannot resolve SFTP host {sftp.host!r}; check D118_SFTP_ADDRESS")
@@ -2293,6 +2312,12 @@ class RunLock:
             raise LockedError(
                 f"another clever_export run holds {self.path}; this run did nothing. "
                 "If runs overlap every night, schedule them further apart"
+            ) from None
+        except PermissionError:
+            owner = "another account (was the job run once as root or Administrator? chown it back)"
+            raise ConfigError(
+                f"cannot open lock file {self.path} (permission denied): it or its folder belongs to "
+                f"{owner}, or choose another with --lock-file"
             ) from None
         except OSError as error:
             raise ConfigError(
@@ -2543,8 +2568,9 @@ def run_export(options: RunOptions, environ: dict[str, str], record: RunRecord) 
         if scattered:
             # student_number is text in different forms: once more, holding those students together.
             LOG.info(
-                "%d student numbers have rows that did not arrive together; reading once more",
+                "%d student number%s rows that did not arrive together; reading once more",
                 len(scattered),
+                " has" if len(scattered) == 1 else "s have",
             )
             mapper = export_pass(connection, statement, options, sent, scattered)
     finally:
@@ -2555,9 +2581,10 @@ def run_export(options: RunOptions, environ: dict[str, str], record: RunRecord) 
     duplicates = summary.skipped[SKIP_DUPLICATE]
     if duplicates:
         LOG.warning(
-            "%d student numbers have several active rows with different values and got no line; "
+            "%d student number%s several active rows with different values and got no line; "
             "the log names them",
             duplicates,
+            " has" if duplicates == 1 else "s have",
         )
     record.students, record.bytes = summary.written, size
     if options.dry_run:
@@ -2860,6 +2887,14 @@ def run_check(options: RunOptions, environ: dict[str, str]) -> int:
         return result if result is not None else True
 
     print(f"settings: {options.env_source or 'the process environment (no env file)'}")
+    # The files a nightly run writes: what a run as root, or a full disk, breaks first.
+    check(f"state file {options.state_path} readable", lambda: bool(read_state(options.state_path)) or True)
+    check(f"output folder {options.output_path.parent} writable", lambda: probe_folder(options.output_path))
+    check(
+        f"lock {options.lock_path} free",
+        lambda: RunLock(options.lock_path).__enter__().__exit__(),
+        warn_only=True,
+    )
     database = None
     if options.source == "oracle":
         database = check("database variables set", lambda: database_settings(environ))

@@ -68,21 +68,29 @@ def test_a_silent_sftp_server_exits_4_in_bounded_time(app, db, silent_listener):
     assert result.seconds < 10
 
 
-def test_overlapping_runs_second_exits_75_and_touches_nothing(uploading_app, sftp_server):
+def test_overlapping_runs_second_exits_75_and_touches_nothing(uploading_app, sftp_server, ping_server):
     sftp_server.auth_gate = threading.Event()
     first = uploading_app.start(*uploading_app.base_args, "--timeout", "30")
     try:
         assert sftp_server.auth_waiting.wait(20), "the first run never reached the server"
         output_before = uploading_app.output.stat().st_mtime_ns
-        second = uploading_app.run(*uploading_app.base_args)
+        state = uploading_app.root / "clever_export.state.json"
+        state_before = state.read_bytes()
+        status = uploading_app.run("--status")
+        assert "running now: a run started" in status.stdout, status.stdout
+        second = uploading_app.run(*uploading_app.base_args, "--ping-url", ping_server.url)
         assert second.returncode == 75
         assert "another clever_export run holds" in second.stderr
         assert uploading_app.output.stat().st_mtime_ns == output_before
+        assert state.read_bytes() == state_before  # the lock's holder alone writes the state
+        assert ping_server.pings == []  # a refused run is not a failed night
     finally:
         sftp_server.auth_gate.set()
         first.communicate(timeout=30)
     assert first.returncode == 0
     assert sftp_server.remote().read_bytes() == uploading_app.output.read_bytes()
+    status = uploading_app.run("--status")
+    assert status.returncode == 0 and "exit 0" in status.stdout and "running now" not in status.stdout
 
 
 def test_a_lock_left_by_a_killed_run_does_not_block_the_next(uploading_app, sftp_server):
@@ -243,3 +251,14 @@ def test_an_upload_time_in_the_future_fails_max_age(uploading_app, sftp_server):
     state_path.write_text(json.dumps(state))
     result = uploading_app.run("--status", "--max-age", "26")
     assert result.returncode == 1 and "in the future" in result.stdout
+
+
+def test_check_reads_the_state_file_and_tries_the_output_folder(uploading_app, sftp_server):
+    state = uploading_app.root / "clever_export.state.json"
+    state.write_text("not json")
+    result = uploading_app.run("--check", "--sqlite", str(uploading_app.db_path), "--timeout", "5")
+    assert result.returncode == 5
+    assert f"[FAIL] state file {state} readable" in result.stdout
+    assert f"[ ok ] output folder {uploading_app.root} writable" in result.stdout
+    assert f"[ ok ] lock {uploading_app.root / 'clever_export.lock'} free" in result.stdout
+    assert list(uploading_app.root.glob(".*.tmp")) == []

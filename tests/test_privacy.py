@@ -507,7 +507,8 @@ def test_output_file_name_cannot_name_the_scripts_files(app, db, tmp_path, file_
     (app.root / "clever_export.env").chmod(0o600)
     database = db([Student(1001), Student(1002)])
     state = app.root / "clever_export.state.json"
-    skip = {str(app.log_path), str(state)}  # the run's own log and --status record
+    lock = app.root / "clever_export.lock"  # an empty file, taken to record the refused nightly run
+    skip = {str(app.log_path), str(state), str(lock)}  # the run's own log, --status record and lock
     before = snapshot(tmp_path, skip)
     for args in (("--no-upload",), ()):  # a nightly run, and one that writes the file only
         result = app.run("--sqlite", str(database), "--config", str(config), *args)
@@ -517,6 +518,7 @@ def test_output_file_name_cannot_name_the_scripts_files(app, db, tmp_path, file_
     assert "1001\t" not in app.log()
     if state.exists():
         assert "1001\t" not in state.read_text() and json.loads(state.read_text())
+    assert not lock.exists() or lock.read_bytes() == b""
 
 
 def test_output_file_name_cannot_name_the_profile_it_comes_from(app, db):

@@ -127,7 +127,7 @@ def test_1_rows_under_one_student_number_that_disagree_give_no_line_and_a_logged
     warnings = [line for line in run.log.splitlines() if " WARNING student 1013:" in line]
     assert len(warnings) == 1 and "10001" in warnings[0] and "10002" in warnings[0], run.log
     # stderr (cron's mail) gets the run-level warning only: no student number, no DCID.
-    assert run.stderr.startswith("WARNING: 1 student numbers have several active rows with different values")
+    assert run.stderr.startswith("WARNING: 1 student number has several active rows with different values")
     assert len(run.stderr.splitlines()) == 1
     assert "1013" not in run.stderr + run.stdout and "10001" not in run.stderr + run.stdout
     assert run.counts() == (1, 1, 1)
