@@ -3275,6 +3275,10 @@ def check_own_files(args: argparse.Namespace, output_path: Path | None = None) -
         return os.path.normcase(os.path.abspath(a)) == os.path.normcase(os.path.abspath(b))
 
     flags = [(flag, path) for flag, path in written.items() if path is not None]
+    for flag, path in flags:
+        # Replaced by rename: a device or folder there (--output /dev/null as root) would be destroyed.
+        if flag != "--log-file" and path.exists() and not path.is_file():
+            raise ConfigError(f"{flag} {path} exists and is not a regular file; choose a file path")
     for at, (flag, path) in enumerate(flags):
         for other, other_path in flags[at + 1 :]:
             if same(path, other_path):

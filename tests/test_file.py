@@ -108,3 +108,14 @@ def test_folders_the_script_creates_are_the_accounts_alone(app, db):
     assert result.returncode == 0, result.stderr
     for folder in ("out", "out/sub", "logs", "st"):
         assert (app.root / folder).stat().st_mode & 0o077 == 0, folder
+
+
+@pytest.mark.parametrize("flag", ["--output", "--state-file"])
+def test_a_device_or_pipe_is_never_replaced_by_a_file(app, db, tmp_path, flag):
+    # As root, a rename over /dev/null would put student data where /dev/null was;
+    # a named pipe stands in for the device, so a failing test breaks nothing.
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    result = app.run("--sqlite", str(db([Student(1)])), "--no-upload", flag, str(pipe))
+    assert result.returncode == 2 and "not a regular file" in result.stderr
+    assert pipe.exists() and not pipe.is_file()
