@@ -2785,6 +2785,8 @@ def _update_state(state_path: Path, record: RunRecord, changes: dict[str, Any]) 
                 state[key] = value
         write_state(state_path, state)
     except Exception as error:  # the run's outcome stands whatever happens here
+        if not LOG.handlers:  # failed before the log was open: the failure's one line says it all
+            return
         # After a failure the admin needs the failure's one line, not this one.
         logger = LOG if record.exit_code == EXIT_OK else FILE_LOG
         logger.warning("could not record this run for --status: %s", escape_text(_first_line(error)))
@@ -3279,6 +3281,9 @@ def check_own_files(args: argparse.Namespace, output_path: Path | None = None) -
         # Replaced by rename: a device or folder there (--output /dev/null as root) would be destroyed.
         if flag != "--log-file" and path.exists() and not path.is_file():
             raise ConfigError(f"{flag} {path} exists and is not a regular file; choose a file path")
+        for parent in path.parents:
+            if parent.exists() and not parent.is_dir():
+                raise ConfigError(f"{flag} {path} cannot be created: {parent} is a file, not a folder")
     for at, (flag, path) in enumerate(flags):
         for other, other_path in flags[at + 1 :]:
             if same(path, other_path):
