@@ -1836,6 +1836,18 @@ def check_guard(students: int, previous: int | None, max_drop_percent: float) ->
 # =============================================================================
 
 
+class SftpLogin(NamedTuple):
+    """What the run checks before any work and the upload then uses: loaded once."""
+
+    known: KnownHosts  # the server's trusted (and revoked) keys
+    client_key: Any  # the SFTP login key (paramiko PKey), or None for a password
+
+
+def prepare_login(sftp: SftpSettings) -> SftpLogin:
+    """known_hosts read and the login key loaded: every problem named before any work."""
+    return SftpLogin(check_known_hosts(sftp), load_client_key(sftp) if sftp.key_file else None)
+
+
 class KnownHosts(NamedTuple):
     entries: list  # paramiko HostKeyEntry, for the lines that name a host and a key
     revoked: list  # paramiko PKey of every @revoked line
@@ -2015,11 +2027,11 @@ class _KexOffers(logging.Handler):
                 self.offers[prefix] = message.partition(":")[2].strip()
 
 
-def open_sftp(sftp: SftpSettings, known: KnownHosts | None = None, client_key=None):
+def open_sftp(sftp: SftpSettings, login: SftpLogin):
     """Log in with the host key checked against known_hosts; return (client, session)."""
     import paramiko
 
-    known = known or check_known_hosts(sftp)
+    known = login.known
     client = paramiko.SSHClient()
     for entry in known.entries:
         if any(entry.key == revoked for revoked in known.revoked):
@@ -2027,8 +2039,6 @@ def open_sftp(sftp: SftpSettings, known: KnownHosts | None = None, client_key=No
         for name in entry.hostnames:
             client.get_host_keys().add(name, entry.key.get_name(), entry.key)
     client.set_missing_host_key_policy(_KnownHostsOnly())
-    if client_key is None and sftp.key_file is not None:
-        client_key = load_client_key(sftp)
     offers = _KexOffers()
     transport_log = logging.getLogger("paramiko.transport")
     transport_log.addHandler(offers)
@@ -2040,7 +2050,7 @@ def open_sftp(sftp: SftpSettings, known: KnownHosts | None = None, client_key=No
             port=sftp.port,
             username=sftp.username,
             password=sftp.password.reveal() if sftp.password else None,
-            pkey=client_key,
+            pkey=login.client_key,
             timeout=sftp.timeout,
             banner_timeout=sftp.timeout,
             auth_timeout=sftp.timeout,
@@ -2236,14 +2246,14 @@ def _replace_without_posix_rename(session, partial_path: str, final_path: str) -
 
 
 def upload(
-    local_path: Path, sftp: SftpSettings, known: KnownHosts, profile: Profile, retry: RetryPolicy
+    local_path: Path, sftp: SftpSettings, login: SftpLogin, profile: Profile, retry: RetryPolicy
 ) -> int:
     """Upload with retries for transient network failures; return remote bytes."""
     remote_dir, final_name, mode = profile.remote_dir, profile.file_name, profile.remote_mode
-    client_key = load_client_key(sftp) if sftp.key_file else None
+    known = login.known
     for attempt in range(1, retry.attempts + 1):
         try:
-            client, session = open_sftp(sftp, known, client_key)
+            client, session = open_sftp(sftp, login)
             try:
                 return put_atomically(session, local_path, remote_dir, final_name, mode)
             except BaseException as error:
@@ -2528,12 +2538,10 @@ def run_export(options: RunOptions, environ: dict[str, str], record: RunRecord) 
     profile = options.profile
     # Every setting is read and checked before the database is touched.
     database = database_settings(environ) if options.source == "oracle" else None
-    sftp = known = None
+    sftp = login = None
     if options.upload:
         sftp = sftp_settings(environ, options.known_hosts_path, options.timeout)
-        known = check_known_hosts(sftp)
-        if sftp.key_file is not None:
-            load_client_key(sftp)
+        login = prepare_login(sftp)
     if options.changed_only and not profile.can_compare():
         raise ConfigError("--changed-only needs current_values.table in the profile")
     # The caller holds the run lock.
@@ -2592,12 +2600,13 @@ def run_export(options: RunOptions, environ: dict[str, str], record: RunRecord) 
         for line in [*summary.report().splitlines(), describe_import_check(last_check)]:
             LOG.info("%s", line)  # one log line per report line
     if options.upload and not options.dry_run:
-        state = {} if options.force else read_state(options.state_path)
+        # --force: a state file that cannot be read is rewritten; otherwise it stops the guard.
+        state = read_state_quietly(options.state_path) if options.force else read_state(options.state_path)
         if not options.force:
             check_guard(
                 summary.active, previous_upload_count(state, options.state_path), options.max_drop_percent
             )
-        remote_size = upload(options.output_path, sftp, known, profile, options.retry)
+        remote_size = upload(options.output_path, sftp, login, profile, options.retry)
         record.remote_path = f"{sftp.host}:{posixpath.join(profile.remote_dir, profile.file_name)}"
         LOG.info("uploaded to %s (%d bytes)", record.remote_path, remote_size)
         record.message = "uploaded"
@@ -2608,7 +2617,6 @@ def run_export(options: RunOptions, environ: dict[str, str], record: RunRecord) 
             "remote_path": record.remote_path,
             "changed_only": options.changed_only,
         }
-        state = read_state_quietly(options.state_path)
         try:
             upload_record["sent_sha256"] = keep_sent_copy(options.output_path, options.state_path)
         except OSError as error:
@@ -2668,7 +2676,7 @@ def keep_sent_copy(output_path: Path, state_path: Path) -> str:
     return sha256_of(target)
 
 
-def plan_import_check(options: RunOptions) -> tuple[Path, dict] | None:
+def plan_import_check(options: RunOptions) -> Path | None:
     """The previous upload to check tonight, or None (with the reason at INFO)."""
     profile = options.profile
     if not options.upload or options.import_deadline_hours <= 0 or not profile.can_compare():
@@ -2692,7 +2700,7 @@ def plan_import_check(options: RunOptions) -> tuple[Path, dict] | None:
     except OSError:
         LOG.info("import check skipped: %s cannot be read", sent_path)
         return None
-    return sent_path, last_upload
+    return sent_path
 
 
 def judge_import(
@@ -2744,7 +2752,7 @@ def describe_import_check(last_check: Any) -> str:
 
 
 def export_pass(
-    connection, statement: ExportStatement, options: RunOptions, sent: tuple | None, scattered=frozenset()
+    connection, statement: ExportStatement, options: RunOptions, sent: Path | None, scattered=frozenset()
 ) -> StudentMapper:
     """Run the statement once and write the file; return the mapper with its counts."""
     profile = options.profile
@@ -2754,7 +2762,7 @@ def export_pass(
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(batches.close)
         if sent is not None:
-            sent_file = cleanup.enter_context(open(sent[0], encoding="utf-8", newline="\n"))
+            sent_file = cleanup.enter_context(open(sent, encoding="utf-8", newline="\n"))
             mapper.import_check = ImportCheck(sent_file, profile.columns, profile.value_fields())
         lines = export_lines(batches, mapper, options.changed_only, scattered)
         cleanup.callback(lines.close)
@@ -2935,10 +2943,7 @@ def run_check(options: RunOptions, environ: dict[str, str]) -> int:
                     )
             connection.close()
     if known and (client_key or not (sftp and sftp.key_file)):
-        opened = check(
-            "SFTP login",
-            lambda: open_sftp(sftp, known, client_key if client_key is not True else None),
-        )
+        opened = check("SFTP login", lambda: open_sftp(sftp, SftpLogin(known, client_key or None)))
         if opened:
             client, session = opened
             try:
@@ -3239,7 +3244,7 @@ def resolve_options(args: argparse.Namespace, profile: Profile) -> RunOptions:
         known_hosts_path=beside_script(args.known_hosts),
         state_path=state_path,
         lock_path=lock_path_of(args),
-        upload=not (args.no_upload or args.demo or args.dry_run),
+        upload=is_nightly(args),
         dry_run=args.dry_run,
         changed_only=args.changed_only,
         force=args.force,
