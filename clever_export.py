@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """clever_export.py - nightly PowerSchool -> Clever race, ethnicity and ELL export.
 
-Every night this script reads all active students (ENROLL_STATUS = 0) from
+Every night this script reads all active students (ENROLL_STATUS = 0; the
+profile's students.enroll_statuses can add -1, pre-registered) from
 PowerSchool's Oracle database with ONE query, maps the Illinois state codes to
 the values Clever accepts, writes a tab-delimited UTF-8 file with LF line
 endings, and places it on the district's SFTP server, where a PowerSchool
@@ -14,7 +15,8 @@ AutoComm job imports it into the custom fields Clever syncs.
                    Hispanic students take their race from STUDENTRACE when
                    the district supplies its RACECD map (--config): two or
                    more different races give M.
-  Hispanic_Latino  from STUDENTS.FEDETHNICITY: 1 Y, 0 N; -1/NULL -> blank.
+  Hispanic_Latino  from STUDENTS.FEDETHNICITY: 1 Y, 0 N; -1 (unanswered),
+                   2 (declined to specify) or NULL -> blank.
   ELL              from S_IL_STU_X.LEP: 1 Y; 0, NULL or no row -> N;
                    anything else -> blank.
 
@@ -40,27 +42,21 @@ Guarantees
   * One run at a time (an OS lock); a collapsed export (zero students, or a
     large drop since the last upload) is not uploaded.
 
-Exit codes
-    0  success
-    1  a bug in this script (the log has the traceback; please report it); for --status --max-age: the last upload is too old
-    2  usage or configuration: a flag, variable, file or profile
-    3  database: connect or query
-    4  SFTP: connect, login, host key, upload
-    5  safety guard: the export looks wrong, nothing uploaded
-    6  PowerSchool did not import the previous upload (check AutoComm)
-   75  another run holds the lock (try again later)
-  130  interrupted (Ctrl-C)
-  143  terminated (SIGTERM: a service manager or kill)
+Exit codes: see --help (generated from EXIT_CODES, the one table).
 
-Files beside the script (not the working directory, because Task Scheduler
-starts jobs in System32): known_hosts, clever_export.env (settings, mode
-600), raceethnicity.txt, clever_export.log (rotated), clever_export.state.json
-(the last run and the last upload, for the guard and --status),
-clever_export.sent.txt (the last upload, for the import check),
-clever_export.lock.
+How the code reads
+  The sections follow the data: Settings (constants, the profile, the env
+  file, the run's options), Source (the one query), Mapping (rows ->
+  Clever's letters, pure), File (the local file and the state file),
+  Upload (SFTP), Run (prepare -> export -> publish, --check, --status) and
+  Command line (the parser and main).  The call chain of a nightly run:
 
-The code's sections follow the data: settings, source, mapping, file,
-upload, run, command line.  README.md has the whole manual.
+    main -> resolve_options -> RunLock -> prepare -> export -> publish
+            (flags, env,                  (settings,  (the one    (guard,
+             profile: once)                login,      query, the  upload,
+                                           state)      file)       state)
+
+README.md is the admin's path; docs/ holds the details.
 """
 
 from __future__ import annotations
@@ -71,7 +67,9 @@ import collections
 import contextlib
 import dataclasses
 import datetime
+import enum
 import hashlib
+import io
 import itertools
 import json
 import logging
@@ -81,6 +79,7 @@ import operator
 import os
 import posixpath
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -233,18 +232,16 @@ class Secret:
 # --- The profile: everything state- or district-specific --------------------
 
 ILLINOIS_QUERY = """\
-SELECT s.id, s.dcid, s.student_number, s.first_name, s.last_name, s.fedethnicity,
+SELECT s.id, s.dcid, s.student_number, s.first_name, s.last_name, s.enroll_status, s.fedethnicity,
        d.fer state_race, x.lep
 FROM students s
 LEFT JOIN s_il_stu_demographics_x d ON d.studentsdcid = s.dcid
-LEFT JOIN s_il_stu_x x ON x.studentsdcid = s.dcid
-WHERE s.enroll_status = 0"""
+LEFT JOIN s_il_stu_x x ON x.studentsdcid = s.dcid"""
+# No WHERE: the export statement keeps the profile's students.enroll_statuses.
 # Plain joins, not MAX(...) GROUP BY: extension tables hold one row per
 # student by design, and if one ever holds two, the mapping sees both rows and
 # writes blank ("conflicting rows") when they disagree, where MAX would pick
 # one silently (comparing text as text: ' 1' < '0').
-
-VALUE_FIELDS = ("Hispanic_Latino", "Race", "ELL")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,6 +252,10 @@ class Profile:
     query: str = ILLINOIS_QUERY
     tables: tuple[str, ...] = ("students", "s_il_stu_demographics_x", "s_il_stu_x")
     exclude_names: tuple[str, ...] = ("TEST",)
+    # STUDENTS.ENROLL_STATUS values exported: 0 active; add -1 (pre-registered)
+    # where the district sends next year's students to Clever before they start.
+    # None: a profile's own query filters (one written before this setting).
+    enroll_statuses: tuple[str, ...] | None = ("0",)
     # race.source "state": state_race through state_codes; a student whose
     # state code is in state_codes_without_race (Illinois FER 11 = Hispanic)
     # takes race from STUDENTRACE when studentrace_codes is not empty.
@@ -294,12 +295,17 @@ class Profile:
 
     def current_fields(self) -> dict[str, str]:
         """Output field -> the custom field holding PowerSchool's current value."""
-        source = {
-            "Hispanic_Latino": self.current_hispanic,
-            "Race": self.current_race,
-            "ELL": self.current_ell,
-        }
-        return {field: source[field] for field in self.value_fields()}
+        return {field: getattr(self, VALUE_FIELDS[field].current) for field in self.value_fields()}
+
+    def inputs(self) -> tuple[str, ...]:
+        """The statement's columns the written fields are made from."""
+        wanted = {"state_race": self.race_source == "state", "race_code": self.uses_studentrace()}
+        return tuple(
+            name
+            for field in self.value_fields()
+            for name in VALUE_FIELDS[field].inputs
+            if wanted.get(name, True)
+        )
 
     def can_compare(self) -> bool:
         return bool(self.current_table)
@@ -312,6 +318,7 @@ _PROFILE_KEYS: dict[str, dict[str, tuple[str, type]]] = {
         "query": ("query", str),
         "tables": ("tables", list),
         "exclude_names": ("exclude_names", list),
+        "enroll_statuses": ("enroll_statuses", list),
     },
     "race": {
         "source": ("race_source", str),
@@ -384,6 +391,8 @@ def profile_from_mapping(document: dict[str, Any], source: str = "config") -> Pr
                     f"{source}: {section}.{key} must be a {_TYPE_WORDS[expected]}, not {type(value).__name__}"
                 )
             changes[field] = _normalise_profile_value(f"{section}.{key}", value, source)
+    if "query" in changes and "enroll_statuses" not in changes:
+        changes["enroll_statuses"] = None  # a query of its own keeps its own WHERE, as before 2.1
     profile = dataclasses.replace(Profile(), **changes)
     validate_profile(profile, source)
     return profile
@@ -453,6 +462,14 @@ def validate_profile(profile: Profile, source: str = "config") -> None:
     check_file_name(profile.file_name, f"{source}: output.file_name")
     if not profile.remote_dir.startswith("/"):
         raise ConfigError(f"{source}: output.remote_dir must be an absolute path such as /sftp/clever/")
+    if profile.enroll_statuses is not None and not (
+        profile.enroll_statuses
+        and all(re.fullmatch(r"-?[0-9]{1,3}", status, re.ASCII) for status in profile.enroll_statuses)
+    ):
+        raise ConfigError(
+            f"{source}: students.enroll_statuses must list whole numbers such as [0] or [0, -1], "
+            f"not {list(profile.enroll_statuses)}"
+        )
     overlap = set(profile.ell_yes) & set(profile.ell_no)
     if overlap:
         raise ConfigError(f"{source}: ell.yes and ell.no both list {sorted(overlap)}")
@@ -468,25 +485,8 @@ def validate_profile(profile: Profile, source: str = "config") -> None:
             raise ConfigError(f'{source}: "{name}" is not a plain table or column name')
 
 
-# Names of the files the script keeps beside itself: the output must never be
-# one of them (file_name = "known_hosts" would overwrite the host keys).
-RESERVED_FILE_NAMES = frozenset(
-    name.casefold()
-    for name in (
-        Path(__file__).name,
-        DEFAULT_KNOWN_HOSTS.name,
-        DEFAULT_LOG_FILE.name,
-        DEFAULT_STATE_FILE.name,
-        LOCK_FILE_NAME,
-        DEFAULT_ENV_FILE.name,
-        SENT_FILE_NAME,
-        "requirements.txt",
-    )
-)
-
-
 def check_file_name(name: str, key: str) -> None:
-    """A plain file name for the export, not a path and not one of the script's files."""
+    """A plain file name for the export, not a path (check_own_files keeps it off the script's files)."""
     if (
         not name
         or name in (".", "..")
@@ -494,8 +494,6 @@ def check_file_name(name: str, key: str) -> None:
         or name != name.strip()
     ):
         raise ConfigError(f"{key} must be a plain file name such as raceethnicity.txt, not {name!r}")
-    if name.casefold() in RESERVED_FILE_NAMES or name.casefold().startswith(DEFAULT_LOG_FILE.name + "."):
-        raise ConfigError(f"{key} = {name!r} is a file the script keeps beside itself; choose another name")
 
 
 def parse_mode(value: Any, key: str) -> int:
@@ -547,6 +545,156 @@ class SftpSettings:
 class RetryPolicy:
     attempts: int  # upload attempts for network failures
     wait: float  # seconds before the second attempt, doubling after
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Connection settings: KEY=value lines of the env file, and the process
+    environment's variables of the same names.
+
+    One precedence rule: a process variable with a value wins over the file
+    (--check warns, since a variable left from an old set-up wins silently);
+    an empty or blank process variable never hides the file's value.
+    """
+
+    values: dict[str, str]
+    sources: dict[str, str]  # each known setting -> where it came from (never its value)
+    env_file: Path | None = None
+    overridden: tuple[str, ...] = ()  # set in both: the process environment's won
+
+    def override(self, name: str, value: str, source: str) -> Settings:
+        """A flag that stands for a setting (--oracle-client), for this run."""
+        return dataclasses.replace(
+            self, values={**self.values, name: value}, sources={**self.sources, name: source}
+        )
+
+
+# The settings the script reads, for --check's list of sources.
+SETTING_NAMES = (
+    "POWERSCHOOL_READ_USER", "POWERSCHOOL_DB_PASSWORD", "POWERSCHOOL_PROD_DB", "TNS_ADMIN",
+    "ORACLE_CLIENT_LIB_DIR", "D118_SFTP_ADDRESS", "D118_SFTP_PORT", "D118_SFTP_USERNAME",
+    "D118_SFTP_PASSWORD", "D118_SFTP_KEY_FILE", "D118_SFTP_KEY_PASSPHRASE", "CLEVER_NOTIFY",
+)  # fmt: skip
+
+
+def read_settings(env_file: Path | None, environ: dict[str, str]) -> Settings:
+    """The env file (clever_export.env beside the script, or --env-file) under the
+    process environment, by the one precedence rule of Settings."""
+    named = env_file is not None
+    path = beside_script(env_file) if named else DEFAULT_ENV_FILE
+    from_file: dict[str, str] = {}
+    if named or path.exists():
+        from_file = read_env_file(path)
+    else:
+        path = None
+    given = {name: value for name, value in environ.items() if value.strip()}
+    values = {**from_file, **given}
+    label = str(path) if path else ""
+    sources = {
+        name: "process environment" if name in given else f"env file {label}"
+        for name in SETTING_NAMES
+        if name in values
+    }
+    overridden = tuple(name for name in SETTING_NAMES if name in given and name in from_file)
+    return Settings(values, sources, path, overridden)
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=value lines, read as python-dotenv reads them (no interpolation); a
+    leading UTF-8 BOM and CRLF line ends are fine, a line that is not KEY=value is named."""
+    if not path.is_file():
+        raise ConfigError(f"env file {path} does not exist or is not a file; check --env-file")
+    refuse_if_shared(path, f"env file {path}")
+    try:
+        text = path.read_bytes().decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError:
+        raise ConfigError(f"env file {path} is not UTF-8 text; save it as UTF-8") from None
+    except OSError as error:
+        raise ConfigError(f"env file {path} cannot be read ({error.strerror}); check its owner") from None
+    for number, line in enumerate(text.splitlines(), 1):
+        if "\ufeff" in line:  # two files pasted together: the second one's BOM
+            raise ConfigError(
+                f"env file {path}: line {number} holds a byte-order mark (two files pasted together?); remove it"
+            )
+    import dotenv.parser
+
+    values: dict[str, str] = {}
+    for binding in dotenv.parser.parse_stream(io.StringIO(text)):
+        if binding.error:
+            raise ConfigError(
+                f"env file {path}: line {binding.original.line} is not KEY=value; "
+                "fix it (see clever_export.env.example)"
+            )
+        if binding.key is None or binding.value is None:  # a comment, a blank line, a bare KEY
+            continue
+        if binding.key in REPEATABLE_SETTINGS and values.get(binding.key):
+            values[binding.key] += " " + binding.value  # each line adds a target
+        else:
+            values[binding.key] = binding.value
+    return values
+
+
+REPEATABLE_SETTINGS = frozenset({"CLEVER_NOTIFY"})
+
+
+def refuse_if_shared(path: Path, what: str) -> None:
+    """A file holding secrets must be the account's alone, as OpenSSH insists (Linux/macOS)."""
+    if os.name == "posix" and path.stat().st_mode & 0o077:
+        raise ConfigError(f"{what} is readable by other users, so it is refused; run: chmod 600 {path}")
+
+
+class Mode(enum.Enum):
+    """What a run does: decided once, from the command line (mode_of)."""
+
+    NIGHTLY = "export and upload"  # the only mode recorded for --status and guarded
+    DRY_RUN = "dry run"  # everything but the upload, then a report
+    NO_UPLOAD = "write the file only"
+    DEMO = "demo"  # the bundled sample data, no upload
+    CHECK = "check"
+    SHOW_HOST_KEY = "show host key"
+    NOTIFY_TEST = "send a test notification"
+    STATUS = "status"
+    DEMO_DB = "demo database"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """Flags, env file and profile, resolved once (resolve_options): what one run does."""
+
+    mode: Mode
+    profile: Profile  # with command-line overrides applied
+    settings: Settings  # connection settings: the env file and the process environment
+    source: str  # "oracle", "sqlite" or "demo"
+    sqlite_path: Path | None
+    output_path: Path
+    known_hosts_path: Path
+    state_path: Path
+    lock_path: Path
+    log_path: Path
+    changed_only: bool
+    force: bool
+    max_drop_percent: float
+    timeout: float
+    retry: RetryPolicy
+    import_deadline_hours: float  # 0: no import check
+    import_tolerance_percent: float
+    ping_url: str | None
+    notify_success: bool
+    verbose: bool
+    quiet: bool
+
+    @property
+    def uploads(self) -> bool:
+        return self.mode is Mode.NIGHTLY
+
+    @property
+    def dry_run(self) -> bool:
+        return self.mode is Mode.DRY_RUN
+
+    @property
+    def sent_copy_path(self) -> Path:
+        """The last upload, kept beside the state file for the import check."""
+        return self.state_path.parent / SENT_FILE_NAME
 
 
 def _require_env(environ: dict[str, str], name: str, purpose: str) -> str:
@@ -628,35 +776,47 @@ def beside_script(path_text: str | Path) -> Path:
 
 # --- Secrets never reach a log line ------------------------------------------
 
-# Passwords never go into log text: they travel as Secret and are revealed
-# only to the driver.  This filter is the last line of defence, and only for
-# secrets long enough to be recognised: replacing a one-letter password
-# everywhere would mangle the log and, by the gaps, show what it is.
-REDACT_MIN_LENGTH = 6
+# Passwords travel as Secret and are revealed only to the driver.  Text from
+# outside (a database's or server's message, an exception) may still echo one,
+# so that text, and only that text, is redacted where it enters a message:
+# as a whole token, so the script's own words ("export started" with the
+# password "export") are never mangled, and a short password is not revealed
+# by the gaps it would leave in every word that contains it.
 _SECRETS: set[str] = set()  # this run's; main() clears it at the start of every run
 
 
 def register_secret(value: str | None) -> None:
-    if value and len(value) >= REDACT_MIN_LENGTH:
+    if value:
         _SECRETS.add(value)
 
 
 def redact(text: str) -> str:
-    for secret in _SECRETS:
-        text = text.replace(secret, "***")
+    """Every registered secret in `text`, standing as a whole token, becomes ***."""
+    for secret in sorted(_SECRETS, key=len, reverse=True):
+        if secret in text:
+            text = re.sub(rf"(?<![\w]){re.escape(secret)}(?![\w])", "***", text)
     return text
 
 
-class RedactSecrets(logging.Filter):
-    """Any registered secret in a record becomes ***."""
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def foreign_text(error: BaseException | str, limit: int = 300) -> str:
+    """Outside text (an exception, a server's words) made fit for a message:
+    the first line, secrets redacted, control characters escaped, shortened."""
+    text = error if isinstance(error, str) else _first_line(error)
+    text = escape_text(redact(text))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class RedactTracebacks(logging.Filter):
+    """A traceback in the log is outside text too: redacted the same way."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if _SECRETS:
-            message = record.getMessage()
-            if any(secret in message for secret in _SECRETS):
-                record.msg, record.args = redact(message), None
-            if record.exc_info and not record.exc_text:  # formatters reuse exc_text
-                record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        if record.exc_info and not record.exc_text:  # formatters reuse exc_text
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
         return True
 
 
@@ -672,18 +832,15 @@ class RedactSecrets(logging.Filter):
 # district; a larger batch would save little (200 round trips cost ~0.2 s).
 FETCH_ARRAYSIZE = 5000
 
-# What the profile's query must return, by name, for each output field.
+# What the profile's query must return, by name, whatever it writes.
 QUERY_COLUMNS_ALWAYS = ("dcid", "student_number", "first_name", "last_name")
-QUERY_COLUMNS_FOR = {"Hispanic_Latino": ("fedethnicity",), "ELL": ("lep",)}
 
 
 def query_inputs(profile: Profile) -> tuple[str, ...]:
     """The columns the profile's query must return for the fields it writes."""
-    columns = list(QUERY_COLUMNS_ALWAYS)
-    for field in profile.value_fields():
-        columns += QUERY_COLUMNS_FOR.get(field, ())
-    if "Race" in profile.value_fields() and profile.race_source == "state":
-        columns.append("state_race")
+    columns = [*QUERY_COLUMNS_ALWAYS, *(name for name in profile.inputs() if name != RACE_CODES)]
+    if profile.enroll_statuses is not None:
+        columns.append("enroll_status")  # the statement keeps students.enroll_statuses
     if profile.uses_studentrace():
         columns.append("id")  # STUDENTS.ID, for the STUDENTRACE join
     return tuple(columns)
@@ -722,14 +879,11 @@ def export_statement(profile: Profile, with_current_values: bool) -> ExportState
     """
     columns = ["dcid", "student_number", "test_name"]
     select = ["q.dcid", "q.student_number", f"{_test_name_flag(profile.exclude_names)} test_name"]
-    for column in query_inputs(profile):
-        if column not in QUERY_COLUMNS_ALWAYS and column != "id":
-            columns.append(column)
-            select.append(f"q.{column}")
+    for column in profile.inputs():
+        columns.append(column)
+        select.append("r.racecd race_code" if column == RACE_CODES else f"q.{column}")
     joins = []
     if profile.uses_studentrace():
-        columns.append("race_code")
-        select.append("r.racecd race_code")
         joins.append("LEFT JOIN studentrace r ON r.studentid = q.id")
     if with_current_values:
         # Grouped with MAX: these are only compared with (never written), and a
@@ -748,6 +902,11 @@ def export_statement(profile: Profile, with_current_values: bool) -> ExportState
             f"SELECT {', '.join(select)}",
             f"FROM (\n{strip_statement_end(profile.query)}\n) q",
             *joins,
+            *(
+                [f"WHERE q.enroll_status IN ({', '.join(profile.enroll_statuses)})"]
+                if profile.enroll_statuses
+                else []
+            ),
             "ORDER BY q.student_number",
         ]
     )
@@ -878,7 +1037,7 @@ def connect_failure(where: str, error: BaseException) -> DatabaseError:
 def describe_dsn(settings: DatabaseSettings, oracledb) -> str:
     """The connect string, and for a tnsnames.ora alias the host and port it names."""
     if not _TNS_ALIAS.fullmatch(settings.dsn):
-        return settings.dsn
+        return redact(settings.dsn)
     folder = settings.tns_admin or "TNS_ADMIN (not set)"
     try:
         params = oracledb.ConnectParams(config_dir=str(settings.tns_admin) if settings.tns_admin else None)
@@ -1001,11 +1160,6 @@ def probe_query(connection, sql: str, mode: str) -> None:
         cursor.close()
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
-
-
 def database_message(error: BaseException, limit: int = 300) -> str:
     """A driver's message on one line, with its causes (DPY-6005 ... Connection refused)."""
     parts: list[str] = []
@@ -1094,7 +1248,7 @@ class _Conflicting:
 
 CONFLICTING = _Conflicting()
 CONFLICT_REASON = "conflicting rows"
-Letters = tuple[Letter, Letter, Letter]  # Hispanic_Latino, Race, ELL
+Letters = tuple[Letter, ...]  # one per value field the profile writes, in file order
 
 
 def merged_code(values: Iterable[Any]) -> str | _Conflicting | None:
@@ -1109,6 +1263,10 @@ def _code(value: Any) -> str | _Conflicting | None:
     return value if value is CONFLICTING else code_text(value)
 
 
+# FEDETHNICITY codes that are answers, but not Yes or No: blank, with what they mean.
+HISPANIC_BLANK_REASONS = {"-1": "unanswered (-1)", "2": "declined to specify (2)"}
+
+
 def hispanic_letter(fedethnicity: Any, profile: Profile) -> Letter:
     code = _code(fedethnicity)
     if code is CONFLICTING:
@@ -1119,8 +1277,8 @@ def hispanic_letter(fedethnicity: Any, profile: Profile) -> Letter:
         return Letter("N", "")
     if code is None:
         return Letter("", "no value")
-    if code == "-1":
-        return Letter("", "unanswered (-1)")
+    if code in HISPANIC_BLANK_REASONS:
+        return Letter("", HISPANIC_BLANK_REASONS[code])
     return Letter("", f"unknown code {shown_code(code)}")
 
 
@@ -1181,35 +1339,55 @@ def race_letter(state_race: Any, race_codes: Iterable[Any], profile: Profile) ->
     return Letter(letter, "" if letter else f"code {code} maps to blank")
 
 
-def student_letters(profile: Profile, fedethnicity: Any, state_race: Any, lep: Any, race_codes) -> Letters:
-    """All three values for one student from its (merged) codes."""
-    return (
-        hispanic_letter(fedethnicity, profile),
-        race_letter(state_race, race_codes, profile),
-        ell_letter(lep, profile),
-    )
+class ValueField(NamedTuple):
+    """One of the file's value columns: what it reads and how it becomes a letter."""
+
+    inputs: tuple[str, ...]  # the statement's columns it reads (race_code: one per STUDENTRACE row)
+    letter: Callable[[dict[str, Any], Profile], Letter]  # merged codes -> Clever's value
+    current: str  # the Profile key naming the custom field the import fills
 
 
-def output_line(number: str, letters: Letters, columns: Iterable[str]) -> str:
-    """One line of the file, without its LF."""
-    values = dict(zip(VALUE_FIELDS, (letter.value for letter in letters), strict=True))
-    return "\t".join(number if column == "student_number" else values[column] for column in columns)
+# The one table of value fields, in the file's default order.
+VALUE_FIELDS: dict[str, ValueField] = {
+    "Hispanic_Latino": ValueField(
+        ("fedethnicity",), lambda codes, profile: hispanic_letter(codes["fedethnicity"], profile),
+        "current_hispanic",
+    ),
+    "Race": ValueField(
+        ("state_race", "race_code"),
+        lambda codes, profile: race_letter(codes.get("state_race"), codes.get("race_code", ()), profile),
+        "current_race",
+    ),
+    "ELL": ValueField(("lep",), lambda codes, profile: ell_letter(codes["lep"], profile), "current_ell"),
+}  # fmt: skip
+RACE_CODES = "race_code"  # the one input read as a list (a student's races), never merged
+
+
+def output_line(number: str, values: Iterable[str], columns: Iterable[str]) -> str:
+    """One line of the file, without its LF; `values` in the columns' order, student_number left out."""
+    given = iter(values)
+    return "\t".join(number if column == "student_number" else next(given) for column in columns)
+
+
+def current_text(now: Any) -> str:
+    """PowerSchool's current custom value as the file would carry it."""
+    return "" if now is None else str(now).strip()
 
 
 def changed_fields(letters: Letters, current: Iterable[Any], fields: Iterable[str]) -> tuple[str, ...]:
     """Each field whose new value differs from what PowerSchool holds now."""
     changes = []
-    for field, now in zip(fields, current, strict=True):
-        now_text = "" if now is None else str(now).strip()
-        new = letters[VALUE_FIELDS.index(field)].value
-        if now_text != new:
-            changes.append(f"{field} {escape_text(now_text) or '(blank)'} \u2192 {new or '(blank)'}")
+    for field, letter, now in zip(fields, letters, current, strict=True):
+        now_text = current_text(now)
+        if now_text != letter.value:
+            changes.append(f"{field} {escape_text(now_text) or '(blank)'} \u2192 {letter.value or '(blank)'}")
     return tuple(changes)
 
 
 SKIP_NO_NUMBER = "no numeric student_number"
 SKIP_TEST_NAME = "test-student name"
 SKIP_DUPLICATE = "duplicate student_number with different values"
+SKIP_FORMS = "student_number stored in different forms"
 
 
 class _Combination:
@@ -1251,19 +1429,22 @@ class StudentMapper:
         self.compares = statement.compares
         at = {name: i for i, name in enumerate(statement.columns)}
         self.number_at, self.dcid_at, self.test_at = at["student_number"], at["dcid"], at["test_name"]
-        names = ("fedethnicity", "state_race", "lep", "race_code")
-        self._code_at = tuple(at.get(name) for name in names)
-        self._codes_of = _tuple_getter([i for i in self._code_at if i is not None])
-        self._code_slots = tuple(slot for slot, i in enumerate(self._code_at) if i is not None)
+        self._inputs = tuple(name for name in statement.columns if name in _ALL_INPUTS)
+        self._input_at = tuple(at[name] for name in self._inputs)
+        self._codes_of = _tuple_getter(list(self._input_at))
+        self._rules = tuple(VALUE_FIELDS[field].letter for field in self.fields)
         current_at = [at[f"current_{field.lower()}"] for field in self.fields] if self.compares else []
         self.current_of = _tuple_getter(current_at)
         self._memo: dict[tuple, _Combination] = {}
         self._parts: dict[tuple[str, ...], tuple[str, str]] = {}
         self.skips: list[Skip] = []  # since the caller last logged them
-        self.seen_numbers = array.array("q")  # every student's number, for scattered duplicates
+        self.seen_numbers = array.array("q")  # every student's number, for numbers stored in several forms
         self.big_numbers: list[int] = []  # those too large for the array
-        self.in_order = True  # numbers rose strictly, so duplicates were all neighbours
+        self.in_order = True  # numbers rose strictly, so every duplicate was a neighbour
         self.import_check: ImportCheck | None = None  # set by the run when it checks the last import
+
+    def letters_of(self, codes: dict[str, Any]) -> Letters:
+        return tuple(rule(codes, self.profile) for rule in self._rules)
 
     def combination(self, row: tuple) -> _Combination:
         """Letters and line parts for a student who is one row (memoised)."""
@@ -1273,10 +1454,10 @@ class StudentMapper:
             if len(self._memo) >= self.MEMO_LIMIT:
                 self.fold_counts()
                 self._memo.clear()
-            by_slot: list[Any] = [None, None, None, None]
-            for slot, code in zip(self._code_slots, codes, strict=True):
-                by_slot[slot] = code
-            letters = student_letters(self.profile, *by_slot[:3], by_slot[3:])
+            named = dict(zip(self._inputs, codes, strict=True))
+            if RACE_CODES in named:
+                named[RACE_CODES] = (named[RACE_CODES],)
+            letters = self.letters_of(named)
             found = self._memo[codes] = _Combination(letters, *self.line_parts(letters))
         return found
 
@@ -1289,19 +1470,21 @@ class StudentMapper:
 
     def letters_of_rows(self, rows: list[tuple]) -> Letters:
         """One student's several rows: each column merged; disagreement gives blank."""
-        merged: list[Any] = [
-            None if at is None else merged_code(row[at] for row in rows) for at in self._code_at[:3]
-        ]
-        race_at = self._code_at[3]
-        race_codes = () if race_at is None else [row[race_at] for row in rows]
-        return student_letters(self.profile, *merged, race_codes)
+        return self.letters_of(
+            {
+                name: [row[at] for row in rows]
+                if name == RACE_CODES
+                else merged_code(row[at] for row in rows)
+                for name, at in zip(self._inputs, self._input_at, strict=True)
+            }
+        )
 
     def line_parts(self, letters: Letters) -> tuple[str, str]:
         """The line (with its LF) around the student number, memoised by the values."""
         values = tuple(letter.value for letter in letters)
         parts = self._parts.get(values)
         if parts is None:
-            before, _, after = output_line("\0", letters, self.profile.columns).partition("\0")
+            before, _, after = output_line("\0", values, self.profile.columns).partition("\0")
             parts = self._parts[values] = (before, after + "\n")
         return parts
 
@@ -1340,8 +1523,7 @@ class StudentMapper:
         if not students:
             return None
         number, letters, row = students[0][1], students[0][2], students[0][3]
-        values = {tuple(letter.value for letter in student[2]) for student in students}
-        if len(values) > 1:
+        if len({tuple(letter.value for letter in student[2]) for student in students}) > 1:
             dcids = ", ".join(escape_text(student[0]) for student in students)
             self.skip(
                 SKIP_DUPLICATE,
@@ -1352,36 +1534,40 @@ class StudentMapper:
         self.summary.add(letters, 1)
         return Student(number, letters, *self.line_parts(letters), row)
 
-    def scattered_numbers(self) -> frozenset[int]:
-        """Numbers seen more than once although their rows did not arrive together:
-        student_number stored as text in different forms ('1013', ' 1013 ', '1013.0')."""
+    def remember(self, number: int) -> None:
+        """Note a written student's number, for numbers stored in several forms."""
+        try:
+            self.seen_numbers.append(number)
+        except OverflowError:
+            self.big_numbers.append(number)
+
+    def repeated_numbers(self) -> frozenset[int]:
+        """Numbers written more than once although their rows did not arrive together:
+        student_number stored as text in different forms ('1013', ' 1013 ', '1013.0').
+        PowerSchool's column is numeric, so this is a SQLite trial's case."""
         if self.in_order and not self.big_numbers:
             return frozenset()
         ordered = sorted(self.seen_numbers)
         repeated = {a for a, b in itertools.pairwise(ordered) if a == b}
-        del ordered
         repeated |= {n for n, count in collections.Counter(self.big_numbers).items() if count > 1}
         return frozenset(repeated)
 
     def describe(self, student: Student, rows: list[tuple]) -> str:
         """The -v detail line: which source values became which Clever values."""
+        sources = {
+            name: "/".join(dict.fromkeys(escape_text(repr(row[at])) for row in rows))
+            for name, at in zip(self._inputs, self._input_at, strict=True)
+        }
+        parts = []
+        for field, letter in zip(self.fields, student.letters, strict=True):
+            read = ", ".join(
+                f"{name} {sources[name]}" for name in VALUE_FIELDS[field].inputs if name in sources
+            )
+            parts.append(f"{read or '-'} -> {field} {letter.value or f'blank ({letter.reason})'}")
+        return f"student {student.number}: " + "; ".join(parts)
 
-        def source(slot: int) -> str:
-            at = self._code_at[slot]
-            if at is None:
-                return "-"
-            values = list(dict.fromkeys(escape_text(repr(row[at])) for row in rows))
-            return "/".join(values)
 
-        def shown(letter: Letter) -> str:
-            return letter.value or f"blank ({letter.reason})"
-
-        hispanic, race, ell = student.letters
-        return (
-            f"student {student.number}: FEDETHNICITY {source(0)} -> Hispanic_Latino {shown(hispanic)}; "
-            f"state race {source(1)}, RACECD {source(3)} -> Race {shown(race)}; "
-            f"LEP {source(2)} -> ELL {shown(ell)}"
-        )
+_ALL_INPUTS = frozenset(name for field in VALUE_FIELDS.values() for name in field.inputs)
 
 
 def _tuple_getter(indexes: list[int]) -> Callable[[tuple], tuple]:
@@ -1407,19 +1593,19 @@ REASONS_KEPT = 1000  # distinct reasons counted per field; the rest are "other"
 class Summary:
     """Counts for the summary line and the --dry-run report; bounded whatever the data."""
 
-    fields: tuple[str, ...] = VALUE_FIELDS
+    fields: tuple[str, ...] = tuple(VALUE_FIELDS)
     written: int = 0
     changed: int = 0
     compared: bool = False
-    active: int = 0  # students exported before --changed-only chooses
+    exported: int = 0  # active students who get a line, before --changed-only chooses
     values: dict[str, collections.Counter] = dataclasses.field(default_factory=dict)
     reasons: dict[str, collections.Counter] = dataclasses.field(default_factory=dict)
     other_reasons: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
     def add(self, letters: Letters, students: int) -> None:
-        self.active += students
-        for field, letter in zip(VALUE_FIELDS, letters, strict=True):
+        self.exported += students
+        for field, letter in zip(self.fields, letters, strict=True):
             self.values.setdefault(field, collections.Counter())[letter.value] += students
             if not letter.value:
                 reasons = self.reasons.setdefault(field, collections.Counter())
@@ -1438,12 +1624,15 @@ class Summary:
         changed = f", changed {self.changed}" if self.compared else ""
         blanks = "".join(f", blank {field} {self.blanks(field)}" for field in self.fields)
         return (
-            f"summary: written {self.written}, skipped {self.skipped.total()}, active {self.active}"
+            f"summary: written {self.written}, skipped {self.skipped.total()}, exported {self.exported}"
             f"{changed}{blanks}, seconds {seconds:.2f}"
         )
 
     def report(self) -> str:
-        lines = ["dry run: nothing uploaded", f"  active students: {self.active}"]
+        lines = [
+            "dry run: nothing uploaded",
+            f"  exported students: {self.exported} (active, each with a line; skipped ones below)",
+        ]
         for field in self.fields:
             values = self.values.get(field, collections.Counter())
             counts = ", ".join(f"{value or 'blank'} {n}" for value, n in sorted(values.items()) if n)
@@ -1460,7 +1649,7 @@ class Summary:
         lines.append(f"  skipped: {self.skipped.total()}")
         lines.extend(f"    {reason}: {n}" for reason, n in self.skipped.most_common())
         if self.compared:
-            lines.append(f"  would change: {self.changed} of {self.active}")
+            lines.append(f"  would change: {self.changed} of {self.exported}")
         else:
             lines.append("  would change: not compared (no current_values table to compare with)")
         return "\n".join(lines)
@@ -1471,17 +1660,25 @@ class ImportCheck:
 
     Walks the previous upload's lines (ordered by student_number, as every
     upload is) beside tonight's rows, and for each student in both compares
-    what was sent with what PowerSchool's custom fields hold now.
+    what was sent with what PowerSchool's custom fields hold now, field by
+    field name (the copy keeps the columns it was written with).  A field
+    sent blank that still holds a value is counted apart: whether an
+    AutoComm import of a blank clears a field is not settled (docs/mapping.md).
     """
 
-    def __init__(self, sent_lines: Iterable[str], columns: tuple[str, ...], fields: tuple[str, ...]):
+    def __init__(self, sent_lines: Iterable[str], sent_columns: Iterable[str], fields: tuple[str, ...]):
+        sent_columns = list(sent_columns)
         self._lines = iter(sent_lines)
-        self._number_at = columns.index("student_number")
-        self._value_at = [columns.index(field) for field in fields]
+        self._number_at = sent_columns.index("student_number")
+        self._compared_at = [
+            (at, sent_columns.index(field)) for at, field in enumerate(fields) if field in sent_columns
+        ]
         self.fields = fields
         self.compared = 0
         self.differing = 0
+        self.blank_not_applied: collections.Counter = collections.Counter()
         self.example: tuple[str, str, str, str] | None = None  # number, field, sent, PowerSchool's
+        self.blank_example: tuple[str, str, str] | None = None  # number, field, PowerSchool's
         self.usable = True  # False when the sent file is not in student_number order
         self._last = -1
         self._next = self._read()
@@ -1496,89 +1693,105 @@ class ImportCheck:
             if number <= self._last:
                 self.usable = False
             self._last = number
-            return number, [parts[at] if at < len(parts) else "" for at in self._value_at]
+            return number, parts
         return None
 
-    def see(self, number: int, current: Iterable[Any]) -> None:
-        """Tonight's student and the values PowerSchool holds for them now."""
+    def see(self, number: int, current: tuple) -> None:
+        """Tonight's student and the values PowerSchool holds for them now (in `fields` order)."""
         while self._next is not None and self._next[0] < number:
             self._next = self._read()
         if self._next is None or self._next[0] != number:
             return
         sent = self._next[1]
         self.compared += 1
-        for field, was_sent, now in zip(self.fields, sent, current, strict=True):
-            now_text = "" if now is None else str(now).strip()
-            if now_text != was_sent:
-                self.differing += 1
-                if self.example is None:
-                    self.example = (str(number), field, was_sent, now_text)
-                break
+        blank_fields = []
+        for at, sent_at in self._compared_at:
+            was_sent = sent[sent_at] if sent_at < len(sent) else ""
+            now = current_text(current[at])
+            if now == was_sent:
+                continue
+            if not was_sent:
+                blank_fields.append((self.fields[at], now))
+                continue
+            self.differing += 1
+            if self.example is None:
+                self.example = (str(number), self.fields[at], was_sent, now)
+            return
+        for field, now in blank_fields:
+            self.blank_not_applied[field] += 1
+            if self.blank_example is None:
+                self.blank_example = (str(number), field, now)
 
     def percent_differing(self) -> float:
         return 100.0 * self.differing / self.compared if self.compared else 0.0
 
 
-# Rows are grouped by their raw student_number; a sentinel row ends the last group.
-_END = object()
+def student_rows(batches: Iterable[list[tuple]], number_at: int) -> Iterator[list[list[tuple]]]:
+    """For each batch of rows, the students it completes: each a list of the
+    neighbouring rows that share one raw student_number."""
+    group: list[tuple] = []
+    append_row = group.append
+    number: Any = _NO_ROW_YET
+    for batch in batches:
+        done: list[list[tuple]] = []
+        for row in batch:
+            if row[number_at] == number:
+                append_row(row)
+            else:
+                if group:
+                    done.append(group)
+                group = [row]
+                append_row = group.append
+                number = row[number_at]
+        yield done
+    if group:
+        yield [group]
 
 
-def export_lines(
-    batches: Iterable[list[tuple]],
-    mapper: StudentMapper,
-    changed_only: bool,
-    scattered: frozenset[int] = frozenset(),
-) -> Iterator[str]:
-    """The file's text, one line (with its LF) per student, from the statement's
-    rows in batches, handed on a batch at a time; counts every student into
-    mapper.summary.
+_NO_ROW_YET = object()
+_FAST_NUMBER_LIMIT = 2**63  # the numbers array holds 64-bit integers
 
-    The loop is the export's hot path: a one-row student takes the memoised
-    combination without building anything; students with several rows go
-    through StudentMapper.student_of_rows.  `scattered` names student numbers
-    whose rows did not arrive together (a second pass holds them to the end).
+
+def export_lines(batches: Iterable[list[tuple]], mapper: StudentMapper, changed_only: bool) -> Iterator[str]:
+    """The file's text, one line (with its LF) per student, handed on a batch at
+    a time; counts every student into mapper.summary.
+
+    This is the export's hot path.  The usual student (one row, a whole
+    number above the last, no test name, no -v, no comparison) takes its
+    memoised line parts and nothing else; every other student goes through
+    StudentMapper.student_of_rows and `careful` below.
     """
     summary = mapper.summary
     detail = FILE_LOG.isEnabledFor(logging.DEBUG)
-    compares = mapper.compares
-    fast = not (detail or compares or scattered)
-    fields = mapper.fields
+    fast = not (detail or mapper.compares)
     number_at, test_at = mapper.number_at, mapper.test_at
-    combination = mapper.combination
-    memo_get, codes_of = mapper._memo.get, mapper._codes_of
+    memo_get, codes_of, combination = mapper._memo.get, mapper._codes_of, mapper.combination
     remember = mapper.seen_numbers.append
-    previous = -1
-    in_order = True
-    written = 0
-    held: dict[int, list[tuple]] = {}
+    previous, written = -1, 0
 
-    def finish(student: Student | None, group_rows: list[tuple]) -> str | None:
-        """The slow path's tail: order, -v detail, comparison; the line or None."""
-        nonlocal previous, in_order, written
-        if mapper.skips:
-            for skipped in mapper.skips:
-                if skipped.reason == SKIP_DUPLICATE:
-                    FILE_LOG.warning("%s", skipped.detail)
-                else:
-                    FILE_LOG.info("skipped: %s", skipped.detail)
-            mapper.skips.clear()
+    def careful(rows: list[tuple]) -> str | None:
+        """The line for any student, with skips logged, -v detail and the comparison."""
+        nonlocal previous, written
+        student = mapper.student_of_rows(rows)
+        for skipped in mapper.skips:
+            if skipped.reason == SKIP_DUPLICATE:
+                FILE_LOG.warning("%s", skipped.detail)
+            else:
+                FILE_LOG.info("skipped: %s", skipped.detail)
+        mapper.skips.clear()
         if student is None:
             return None
-        value = int(student.number)
-        if value <= previous:
-            in_order = False
-        previous = value
-        try:
-            remember(value)
-        except OverflowError:
-            mapper.big_numbers.append(value)
+        number = int(student.number)
+        mapper.in_order = mapper.in_order and number > previous
+        previous = number
+        mapper.remember(number)
         if detail:
-            FILE_LOG.debug("%s", mapper.describe(student, group_rows))
-        if compares:
+            FILE_LOG.debug("%s", mapper.describe(student, rows))
+        if mapper.compares:
             current = mapper.current_of(student.row)
             if mapper.import_check is not None:
-                mapper.import_check.see(value, current)
-            changes = changed_fields(student.letters, current, fields)
+                mapper.import_check.see(number, current)
+            changes = changed_fields(student.letters, current, mapper.fields)
             if changes:
                 summary.changed += 1
                 if changed_only:
@@ -1588,76 +1801,35 @@ def export_lines(
         written += 1
         return student.before + student.number + student.after
 
-    group_first: tuple | None = None
-    group_number: Any = _END
-    group_more: list[tuple] | None = None
-    end_row = [None] * (number_at + 1)
-    end_row[number_at] = _END
-    out: list[str] = []  # a batch's lines, handed on together: one hand-over per batch, not per line
-    emit = out.append
     try:
-        for batch in itertools.chain(batches, ([tuple(end_row)],)):
-            if out:
-                yield "".join(out)
-                out.clear()
-            for row in batch:
-                raw = row[number_at]
-                if raw == group_number:
-                    if group_more is None:
-                        group_more = [row]
-                    else:
-                        group_more.append(row)
-                    continue
-                if group_first is not None:
-                    if (
-                        group_more is None
-                        and type(group_number) is int
-                        and group_number >= 0
-                        and not group_first[test_at]
-                    ):
-                        if scattered and group_number in scattered:
-                            held.setdefault(group_number, []).append(group_first)
-                            group_first, group_number, group_more = row, raw, None
-                            continue
-                        found = memo_get(codes_of(group_first)) or combination(group_first)
-                        found.students += 1
-                        if fast:
-                            if group_number <= previous:
-                                in_order = False
-                            previous = group_number
-                            try:
-                                remember(group_number)
-                            except OverflowError:
-                                mapper.big_numbers.append(group_number)
-                            written += 1
-                            emit(found.before + str(group_number) + found.after)
-                            group_first, group_number, group_more = row, raw, None
-                            continue
-                        number = str(group_number)
-                        student = Student(number, found.letters, found.before, found.after, group_first)
-                        group_rows = [group_first]
-                    else:
-                        group_rows = [group_first, *(group_more or ())]
-                        number = student_number_text(group_number) if scattered else None
-                        if number is not None and int(number) in scattered:
-                            held.setdefault(int(number), []).extend(group_rows)
-                            group_first, group_number, group_more = row, raw, None
-                            continue
-                        student = mapper.student_of_rows(group_rows)
-                    line = finish(student, group_rows)
+        for students in student_rows(batches, number_at):
+            out: list[str] = []  # a batch's lines, handed on together: one hand-over per batch
+            emit = out.append
+            for rows in students:
+                first = rows[0]
+                number = first[number_at]
+                if (
+                    fast
+                    and type(number) is int
+                    and previous < number < _FAST_NUMBER_LIMIT
+                    and len(rows) == 1
+                    and not first[test_at]
+                ):
+                    found = memo_get(codes_of(first)) or combination(first)
+                    found.students += 1
+                    previous = number
+                    remember(number)
+                    written += 1
+                    emit(found.before + str(number) + found.after)
+                else:
+                    line = careful(rows)
                     if line is not None:
                         emit(line)
-                group_first, group_number, group_more = row, raw, None
-        for number in sorted(held):
-            line = finish(mapper.student_of_rows(held[number]), held[number])
-            if line is not None:
-                emit(line)
-        if out:
-            yield "".join(out)
+            if out:
+                yield "".join(out)
     finally:
         summary.written += written
         mapper.fold_counts()
-        mapper.in_order = in_order
 
 
 # =============================================================================
@@ -1680,32 +1852,25 @@ def narrow_to_owner(path: Path | str, descriptor: int | None = None) -> None:
         os.chmod(path, OWNER_ONLY)
 
 
-def write_export(
-    lines: Iterable[str], path: Path, header: Iterable[str] | None = None, flag: str = "--output"
-) -> int:
-    """Write the lines (each ending in LF) to `path` via a temporary file and rename;
-    return bytes written.
+@contextlib.contextmanager
+def atomic_file(path: Path, flag: str, binary: bool = False) -> Iterator[Any]:
+    """A file written whole or not at all: a temporary file beside `path`
+    (mode 600 from its creation), flushed to disk, then renamed over `path`.
+    A crash or a full disk leaves the previous file, never half a file.
 
-    newline="\\n" keeps LF on Windows; encoding="utf-8" (no BOM) whatever the
-    system code page.  The temporary file is created mode 600, so the renamed
-    file is too.  A crash or a full disk leaves the previous file, never half a file.
+    Text is UTF-8 without BOM with LF line ends whatever the platform (the
+    importer's format; Windows would write CRLF and its code page).  The one
+    writer of the export, the state file and the import check's copy.
     """
-    make_folder(path, flag)
-    try:
-        descriptor, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as error:
-        raise ConfigError(
-            f"cannot create a file in {path.parent} ({error.strerror}); give the account that runs "
-            f"the job write access to that folder, or choose another with {flag}"
-        ) from None
+    descriptor, temp_name = temporary_beside(path, flag)
     try:
         narrow_to_owner(temp_name, descriptor)
-        with open(descriptor, "w", encoding="utf-8", newline="\n") as handle:
-            if header is not None:
-                handle.write("\t".join(header) + "\n")
-            handle.writelines(lines)
-            handle.flush()
-            os.fsync(handle.fileno())
+        with (
+            open(descriptor, "wb") if binary else open(descriptor, "w+", encoding="utf-8", newline="\n")
+        ) as stream:
+            yield stream
+            stream.flush()
+            os.fsync(stream.fileno())
         os.replace(temp_name, path)
     except BaseException as error:
         with contextlib.suppress(OSError):
@@ -1716,7 +1881,18 @@ def write_export(
                 f"Free disk space or fix the folder's permissions (or choose another with {flag}), then rerun"
             ) from None
         raise
-    return path.stat().st_size
+
+
+def temporary_beside(path: Path, flag: str) -> tuple[int, str]:
+    """A new, empty temporary file in the folder of `path` (created if missing)."""
+    make_folder(path, flag)
+    try:
+        return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise ConfigError(
+            f"cannot create a file in {path.parent} ({error.strerror}); the account that runs the job "
+            f"must own that folder (was the job run once as root?), or choose another with {flag}"
+        ) from None
 
 
 def make_folder(path: Path, flag: str) -> None:
@@ -1747,16 +1923,9 @@ def make_owner_only_folders(folder: Path) -> None:
             os.chmod(part, 0o700)
 
 
-def probe_folder(path: Path) -> None:
+def probe_folder(path: Path, flag: str) -> None:
     """Prove the folder `path` goes in writable (for --check), leaving nothing."""
-    make_folder(path, "--output")
-    try:
-        descriptor, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as error:
-        raise ConfigError(
-            f"cannot create a file in {path.parent} ({error.strerror}); the account that runs the job "
-            "must own that folder (was the job run once as root?)"
-        ) from None
+    descriptor, temp_name = temporary_beside(path, flag)
     os.close(descriptor)
     os.unlink(temp_name)
 
@@ -1772,46 +1941,185 @@ def glob_escape(text: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", text)
 
 
-def read_state(path: Path) -> dict[str, Any]:
-    """The run record beside the script, or {} if there is none yet."""
+STATE_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"  # local time with its UTC offset
+
+
+def now_text() -> str:
+    # datetime's %z is Python's own +hhmm (time.strftime's may be a zone name on Windows).
+    return datetime.datetime.now().astimezone().strftime(STATE_TIME_FORMAT)
+
+
+def hours_since(when: str) -> float | None:
+    """Hours from a recorded time (with its UTC offset) to now; None if unreadable."""
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except PermissionError:
-        raise GuardError(
-            f"state file {path} cannot be read (permission denied), so the safety guard cannot compare "
-            "with the last upload; the account that runs the job must own it (was the job run once as "
-            "root or Administrator? chown it back), or rerun with --force to upload and rewrite it"
-        ) from None
-    except (OSError, ValueError) as error:
-        raise GuardError(
-            f"state file {path} cannot be read ({escape_text(error)[:120]}); the safety guard cannot "
-            "compare with the last upload. Check it, or rerun with --force to upload and rewrite it"
-        ) from None
-    if not isinstance(record, dict):
-        raise GuardError(
-            f"state file {path} is not a record of runs; rerun with --force to upload and rewrite it"
-        )
-    return record
-
-
-def previous_upload_count(state: dict[str, Any], path: Path) -> int | None:
-    """The last upload's student count, or None before the first upload."""
-    last = state.get("last_upload")
-    if last is None:
+        at = datetime.datetime.strptime(when, STATE_TIME_FORMAT).timestamp()
+    except (ValueError, OverflowError, OSError, TypeError):
         return None
-    count = last.get("students") if isinstance(last, dict) else None
-    if type(count) is not int or count < 0:
-        raise GuardError(
-            f"state file {path} holds no usable student count for the last upload ({escape_text(repr(count))}); "
-            "rerun with --force to upload and rewrite it"
+    return (time.time() - at) / 3600
+
+
+def shown_time(when: str) -> str:
+    """A recorded time as messages show it: to the minute, with its UTC offset."""
+    try:
+        return datetime.datetime.strptime(when, STATE_TIME_FORMAT).strftime("%Y-%m-%d %H:%M %z")
+    except (ValueError, TypeError):
+        return escape_text(str(when))[:40]
+
+
+@dataclasses.dataclass
+class RunRecord:
+    """What --status shows of a run; run-level only, never a student's data."""
+
+    started: str
+    finished: str = ""
+    exit_code: int | None = None
+    message: str = ""
+    students: int | None = None
+    bytes: int | None = None
+    remote_path: str = ""
+
+
+@dataclasses.dataclass
+class UploadRecord:
+    """The last upload: the safety guard's count, --status, the import check's copy."""
+
+    students: int
+    at: str = ""
+    bytes: int | None = None
+    remote_path: str = ""
+    changed_only: bool = False
+    sent_sha256: str = ""  # the kept copy's hash: the copy is the upload's
+    columns: list[str] | None = None  # the kept copy's columns, as it was written
+
+
+@dataclasses.dataclass
+class ImportCheckRecord:
+    """Did PowerSchool import the previous upload?  Counts and a field name only."""
+
+    at: str
+    upload_at: str
+    compared: int = 0
+    differing: int = 0
+    example: str = ""  # which field differed, never a student
+    skipped: str = ""
+    blank_not_applied: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def describe(self) -> str:
+        if self.skipped:
+            return f"last import check: {self.at}: skipped ({self.skipped})"
+        example = f"; e.g. {self.example}" if self.example else ""
+        blanks = "".join(
+            f"; {field} sent blank but still set: {count}" for field, count in self.blank_not_applied.items()
         )
-    return count
+        return (
+            f"last import check: {self.at} (upload of {self.upload_at}): "
+            f"{self.differing} of {self.compared} students differed{example}{blanks}"
+        )
 
 
-def write_state(path: Path, state: dict[str, Any]) -> None:
-    write_export([json.dumps(state, indent=2, sort_keys=True) + "\n"], path, flag="--state-file")
+def _record_of(kind: type, value: Any) -> Any:
+    """A typed record from the state file's JSON, or None if it is not one."""
+    if not isinstance(value, dict):
+        return None
+    names = {field.name for field in dataclasses.fields(kind)}
+    try:
+        return kind(**{key: item for key, item in value.items() if key in names})
+    except TypeError:  # a required field missing
+        return None
+
+
+class State:
+    """The state file: the last run, the last upload and the last import check.
+
+    Loaded once a run; save() is the one writer.  A file that cannot be read
+    is kept with its problem and never overwritten (it holds the count the
+    safety guard compares with) until --force starts it afresh.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.problem: GuardError | None = None
+        self.last_run: RunRecord | None = None
+        self.last_upload: UploadRecord | None = None
+        self.last_import_check: ImportCheckRecord | None = None
+        self.running: str = ""  # when the run that holds the lock started
+
+    @classmethod
+    def load(cls, path: Path) -> State:
+        state = cls(path)
+        try:
+            document = json.loads(path.read_text(encoding="utf-8-sig"))
+        except FileNotFoundError:
+            return state
+        except PermissionError:
+            state.problem = GuardError(
+                f"state file {path} cannot be read (permission denied), so the safety guard cannot "
+                "compare with the last upload; the account that runs the job must own it (was the job "
+                "run once as root or Administrator? chown it back), or rerun with --force to upload "
+                "and rewrite it"
+            )
+            return state
+        except (OSError, ValueError) as error:
+            state.problem = GuardError(
+                f"state file {path} cannot be read ({foreign_text(error, 120)}); the safety guard "
+                "cannot compare with the last upload. Check it, or rerun with --force to upload and "
+                "rewrite it"
+            )
+            return state
+        if not isinstance(document, dict):
+            state.problem = GuardError(
+                f"state file {path} is not a record of runs; rerun with --force to upload and rewrite it"
+            )
+            return state
+        upload = document.get("last_upload")
+        count = upload.get("students") if isinstance(upload, dict) else None
+        if upload is not None and (type(count) is not int or count < 0):
+            state.problem = GuardError(
+                f"state file {path} holds no usable student count for the last upload "
+                f"({escape_text(repr(count))[:40]}); rerun with --force to upload and rewrite it"
+            )
+            return state
+        state.last_upload = _record_of(UploadRecord, upload)
+        state.last_run = _record_of(RunRecord, document.get("last_run"))
+        state.last_import_check = _record_of(ImportCheckRecord, document.get("last_import_check"))
+        running = document.get("running")
+        state.running = str(running.get("started", "?")) if isinstance(running, dict) else ""
+        return state
+
+    def require(self) -> State:
+        """The state, or the problem that keeps it from being read (exit 5)."""
+        if self.problem is not None:
+            raise self.problem
+        return self
+
+    def save(self) -> None:
+        """Write every record (temp + rename), unless the file could not be read."""
+        if self.problem is not None:
+            raise self.problem
+        document: dict[str, Any] = {
+            "last_run": self.last_run,
+            "last_upload": self.last_upload,
+            "last_import_check": self.last_import_check,
+            "running": {"started": self.running} if self.running else None,
+        }
+        document = {
+            key: dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+            for key, value in document.items()
+            if value is not None
+        }
+        with atomic_file(self.path, "--state-file") as stream:
+            stream.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
+
+    def save_or_warn(self, failure_is_quiet: bool, what: str) -> None:
+        """save(), for records whose loss must not change the run's outcome."""
+        try:
+            self.save()
+        except Exception as error:
+            if not LOG.handlers:  # before the log opened: the failure's one line says it all
+                return
+            # After a failure the admin needs the failure's one line, not this one.
+            logger = FILE_LOG if failure_is_quiet else LOG
+            logger.warning("%s: %s", what, foreign_text(error))
 
 
 def check_guard(students: int, previous: int | None, max_drop_percent: float) -> None:
@@ -1852,6 +2160,19 @@ class KnownHosts(NamedTuple):
     entries: list  # paramiko HostKeyEntry, for the lines that name a host and a key
     revoked: list  # paramiko PKey of every @revoked line
     revoked_entries: list  # the @revoked lines as HostKeyEntry, to name a revoked host
+
+    def host_keys(self, revoked: bool = False, keys=None):
+        """paramiko HostKeys (new, or `keys` filled in) of the trusted lines (a key
+        revoked anywhere is never trusted, even where a line lists it), or of the @revoked lines."""
+        import paramiko
+
+        keys = paramiko.HostKeys() if keys is None else keys
+        for entry in self.revoked_entries if revoked else self.entries:
+            if not revoked and any(entry.key == key for key in self.revoked):
+                continue
+            for name in entry.hostnames:
+                keys.add(name, entry.key.get_name(), entry.key)
+        return keys
 
 
 def read_known_hosts(sftp: SftpSettings) -> KnownHosts:
@@ -1895,9 +2216,7 @@ def read_known_hosts(sftp: SftpSettings) -> KnownHosts:
         try:
             entry = paramiko.hostkeys.HostKeyEntry.from_line(line, number)
         except (paramiko.hostkeys.InvalidHostKey, paramiko.SSHException, ValueError) as error:
-            LOG.warning(
-                "known_hosts %s line %d skipped: %s", path, number, escape_text(_first_line(error))[:80]
-            )
+            LOG.warning("known_hosts %s line %d skipped: %s", path, number, foreign_text(error, 80))
             continue
         if entry is None:
             LOG.warning("known_hosts %s line %d skipped: unknown key type or too few fields", path, number)
@@ -1911,19 +2230,9 @@ def read_known_hosts(sftp: SftpSettings) -> KnownHosts:
 def check_known_hosts(sftp: SftpSettings) -> KnownHosts:
     """Before any work: known_hosts is readable (else ConfigError) and names the
     server (else SftpError).  Connecting verifies the key itself."""
-    import paramiko
-
     known = read_known_hosts(sftp)
-    host_keys = paramiko.HostKeys()
-    for entry in known.entries:
-        for name in entry.hostnames:
-            host_keys.add(name, entry.key.get_name(), entry.key)
-    if host_keys.lookup(sftp.known_hosts_name) is None:
-        revoked_keys = paramiko.HostKeys()
-        for entry in known.revoked_entries:
-            for name in entry.hostnames:
-                revoked_keys.add(name, entry.key.get_name(), entry.key)
-        if revoked_keys.lookup(sftp.known_hosts_name) is not None:
+    if known.host_keys().lookup(sftp.known_hosts_name) is None:
+        if known.host_keys(revoked=True).lookup(sftp.known_hosts_name) is not None:
             raise SftpError(
                 f"the host key for {sftp.known_hosts_name} in {sftp.known_hosts_path} is marked @revoked "
                 "and there is no other; the server needs a new key: ask its administrator for its "
@@ -1962,11 +2271,7 @@ def load_client_key(sftp: SftpSettings):
             f"{name} {path} is a PuTTY .ppk key; convert it to OpenSSH format with "
             f"puttygen {path.name} -O private-openssh -o {path.stem} and point {name} at the result"
         )
-    if os.name == "posix" and path.stat().st_mode & 0o077:
-        raise ConfigError(
-            f"{name} {path} is readable by other users, so it is refused (as OpenSSH refuses it); "
-            f"run: chmod 600 {path}"
-        )
+    refuse_if_shared(path, f"{name} {path}")
     passphrase = sftp.key_passphrase.reveal().encode("utf-8") if sftp.key_passphrase else None
     try:
         return paramiko.PKey.from_path(str(path), passphrase)
@@ -1981,7 +2286,7 @@ def load_client_key(sftp: SftpSettings):
             raise ConfigError(f"{name} {path} is encrypted; set D118_SFTP_KEY_PASSPHRASE")
         raise ConfigError(f"D118_SFTP_KEY_PASSPHRASE does not open {name} {path}; check the passphrase")
     raise ConfigError(
-        f"{name} {path} is not a private key paramiko can read ({escape_text(_first_line(failure))[:80]}); "
+        f"{name} {path} is not a private key paramiko can read ({foreign_text(failure, 80)}); "
         "use an OpenSSH-format key (ssh-keygen -t ed25519 -f KEY)"
     )
 
@@ -2013,37 +2318,14 @@ class _UnknownHostKey(Exception):
         self.key = key
 
 
-class _KexOffers(logging.Handler):
-    """Keeps what the server offered in key exchange, from paramiko's debug log."""
-
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.offers: dict[str, str] = {}
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        for prefix in ("kex algos", "server key", "server encrypt", "server mac"):
-            if message.startswith(prefix + ":"):
-                self.offers[prefix] = message.partition(":")[2].strip()
-
-
 def open_sftp(sftp: SftpSettings, login: SftpLogin):
     """Log in with the host key checked against known_hosts; return (client, session)."""
     import paramiko
 
     known = login.known
     client = paramiko.SSHClient()
-    for entry in known.entries:
-        if any(entry.key == revoked for revoked in known.revoked):
-            continue  # a revoked key is never accepted, even where a line lists it
-        for name in entry.hostnames:
-            client.get_host_keys().add(name, entry.key.get_name(), entry.key)
+    known.host_keys(keys=client.get_host_keys())
     client.set_missing_host_key_policy(_KnownHostsOnly())
-    offers = _KexOffers()
-    transport_log = logging.getLogger("paramiko.transport")
-    transport_log.addHandler(offers)
-    level = transport_log.level
-    transport_log.setLevel(logging.DEBUG)
     try:
         client.connect(
             sftp.host,
@@ -2062,10 +2344,7 @@ def open_sftp(sftp: SftpSettings, login: SftpLogin):
         session.get_channel().settimeout(sftp.timeout)
     except BaseException as error:
         client.close()
-        raise sftp_failure(error, sftp, known, offers.offers) from None
-    finally:
-        transport_log.removeHandler(offers)
-        transport_log.setLevel(level)
+        raise sftp_failure(error, sftp, known) from None
     return client, session
 
 
@@ -2077,7 +2356,6 @@ def sftp_failure(
     error: BaseException,
     sftp: SftpSettings,
     known: KnownHosts | None = None,
-    offers: dict[str, str] | None = None,
     remote_dir: str = "",
 ) -> BaseException:
     """Translate a paramiko or socket error into one actionable SftpError."""
@@ -2108,34 +2386,38 @@ def sftp_failure(
             f"rebuilt; ask its administrator, then replace its line in {sftp.known_hosts_path}"
         )
     if isinstance(error, paramiko.IncompatiblePeer):
-        offered = "; ".join(f"{kind}: {text}" for kind, text in (offers or {}).items())
         return SftpError(
-            f"no common algorithm with {where} ({_first_line(error)}); the server offered "
-            f"{offered or 'nothing paramiko could read'}. Ask its administrator to enable a current "
-            "algorithm (e.g. curve25519-sha256, ssh-ed25519, aes256-ctr, hmac-sha2-256)"
+            f"no common algorithm with {where} ({foreign_text(error)}); ask its administrator to "
+            "enable a current one (e.g. curve25519-sha256, ssh-ed25519, aes256-ctr, hmac-sha2-256)"
         )
     if isinstance(error, paramiko.AuthenticationException):
         return SftpError(
-            f"SFTP login as {sftp.username} on {where} failed ({_first_line(error)}); check "
+            f"SFTP login as {sftp.username} on {where} failed ({foreign_text(error)}); check "
             "D118_SFTP_USERNAME and D118_SFTP_PASSWORD or D118_SFTP_KEY_FILE"
         )
     if isinstance(error, RemoteWriteRefused):
         return SftpError(f"SFTP server {where} {error}; free space or raise the quota there, then rerun")
     if isinstance(error, PermissionError):
         return SftpError(
-            f"SFTP server {where} refused access{in_dir} ({_first_line(error)}); "
+            f"SFTP server {where} refused access{in_dir} ({foreign_text(error)}); "
             f"give {sftp.username} write permission on the remote directory"
         )
     if isinstance(error, FileNotFoundError):
         return SftpError(
-            f"SFTP path not found on {where}{in_dir} ({_first_line(error)}); "
+            f"SFTP path not found on {where}{in_dir} ({foreign_text(error)}); "
             "create the remote directory or fix --remote-dir (or output.remote_dir in the profile)"
+        )
+    if isinstance(error, paramiko.ssh_exception.NoValidConnectionsError):
+        causes = sorted({cause.strerror or type(cause).__name__ for cause in error.errors.values()})
+        return TransientSftpError(
+            f"cannot connect to {where} ({', '.join(causes).lower() or 'no address answered'}); check the "
+            "server is up and reachable (D118_SFTP_ADDRESS, D118_SFTP_PORT, firewall)"
         )
     if isinstance(error, socket.gaierror):
         return SftpError(f"cannot resolve SFTP host {sftp.host!r}; check D118_SFTP_ADDRESS")
     if isinstance(error, (OSError, EOFError, paramiko.SSHException)):
         return TransientSftpError(
-            f"SFTP connection to {where} failed{in_dir}: {_first_line(error)}; check the server is up "
+            f"SFTP connection to {where} failed{in_dir}: {foreign_text(error)}; check the server is up "
             "and reachable (D118_SFTP_ADDRESS, D118_SFTP_PORT, firewall)"
         )
     return error
@@ -2173,7 +2455,7 @@ def put_atomically(session, local_path: Path, remote_dir: str, final_name: str, 
                     session.remove(partial_path)
                 raise RemoteWriteRefused(
                     f"refused the write of {local_size} bytes in {remote_dir} after {written} bytes "
-                    f"({escape_text(_first_line(error))[:60]})"
+                    f"({foreign_text(error, 60)})"
                 ) from None
             written += len(chunk)
     partial_size = session.lstat(partial_path).st_size
@@ -2300,17 +2582,22 @@ def fetch_host_key(sftp: SftpSettings):
 
 
 # =============================================================================
-# Run: lock, logging, monitoring, the export itself, --check, --status
+# Run: prepare -> export -> publish, under a lock, logged and monitored
 # =============================================================================
 
 
 class RunLock:
-    """An OS-level lock; the OS releases it if a run crashes."""
+    """One run at a time: an OS-level lock, which the OS releases if a run dies.
 
-    def __init__(self, path: Path):
+    A nightly run waits a few seconds for it, so a --status that looks at the
+    lock at that very moment never turns the night away."""
+
+    WAIT_SECONDS = 5.0
+
+    def __init__(self, path: Path, wait: float = WAIT_SECONDS):
         import filelock
 
-        self._lock = filelock.FileLock(str(path), timeout=0, mode=OWNER_ONLY)
+        self._lock = filelock.FileLock(str(path), timeout=wait, mode=OWNER_ONLY)
         self._timeout_error = filelock.Timeout
         self.path = path
 
@@ -2324,10 +2611,10 @@ class RunLock:
                 "If runs overlap every night, schedule them further apart"
             ) from None
         except PermissionError:
-            owner = "another account (was the job run once as root or Administrator? chown it back)"
             raise ConfigError(
                 f"cannot open lock file {self.path} (permission denied): it or its folder belongs to "
-                f"{owner}, or choose another with --lock-file"
+                "another account (was the job run once as root or Administrator? chown it back), "
+                "or choose another with --lock-file"
             ) from None
         except OSError as error:
             raise ConfigError(
@@ -2340,6 +2627,19 @@ class RunLock:
 
     def __exit__(self, *exc_info) -> None:
         self._lock.release()
+
+    @classmethod
+    def held(cls, path: Path) -> bool:
+        """Whether a run holds the lock now (Linux and Windows alike; a PID can be reused)."""
+        if not path.exists():
+            return False
+        try:
+            with cls(path, wait=0):
+                return False
+        except LockedError:
+            return True
+        except ExportError:
+            return False
 
 
 class RecentLines(logging.Handler):
@@ -2424,9 +2724,9 @@ def setup_logging(log_path: Path, verbose: bool, quiet: bool) -> RecentLines:
         progress.addFilter(lambda record: record.levelno < logging.WARNING)
         progress.setFormatter(LogLine("%(message)s"))
         handlers.append(progress)
-    redact_secrets = RedactSecrets()
+    redact_tracebacks = RedactTracebacks()
     for handler in handlers:
-        handler.addFilter(redact_secrets)
+        handler.addFilter(redact_tracebacks)
         LOG.addHandler(handler)
     FILE_LOG.addHandler(log_file)
     # paramiko logs its own tracebacks; keep them out of stderr (cron mail).
@@ -2467,27 +2767,59 @@ def ping(url: str | None, suffix: str = "", body: str = "", timeout: float = 10.
         LOG.warning("monitoring ping to %s failed (%s)", ping_host(url), escape_text(reason))
 
 
-@dataclasses.dataclass
-class RunOptions:
-    """The command line, resolved once: what one run does."""
+def notify_targets(settings: Settings) -> list[str]:
+    """CLEVER_NOTIFY's Apprise URLs (space-separated, or one per env-file line)."""
+    return settings.values.get("CLEVER_NOTIFY", "").split()
 
-    profile: Profile  # with command-line overrides applied
-    source: str  # "oracle", "sqlite" or "demo"
-    sqlite_path: Path | None
-    output_path: Path
-    known_hosts_path: Path
-    state_path: Path
-    lock_path: Path
-    upload: bool
-    dry_run: bool
-    changed_only: bool
-    force: bool
-    max_drop_percent: float
-    timeout: float
-    retry: RetryPolicy
-    import_deadline_hours: float = DEFAULT_IMPORT_DEADLINE_HOURS  # 0: no import check
-    import_tolerance_percent: float = DEFAULT_IMPORT_TOLERANCE_PERCENT
-    env_source: str = ""  # the env file the settings came from, if any
+
+def target_shown(url: str) -> str:
+    """What may be shown of a notification URL: its scheme and host (the rest holds credentials)."""
+    scheme, _, rest = url.partition("://")
+    host = rest.split("/", 1)[0].rpartition("@")[2].split("?", 1)[0]
+    return f"{escape_text(scheme)[:20]}://{escape_text(host)[:80]}" if rest else "a URL without ://"
+
+
+def notify(options: RunOptions, code: int, message: str, test: bool = False) -> bool:
+    """Send a run-level notification through Apprise to every CLEVER_NOTIFY target.
+
+    It carries the exit code and its meaning, the one-line message and the
+    host; never a student's data, a secret or a URL.  A failed notification
+    is a WARNING and never changes the run's exit code.
+    """
+    targets = notify_targets(options.settings)
+    if not targets:
+        return False
+    try:
+        import apprise
+    except ImportError:
+        LOG.warning(
+            "CLEVER_NOTIFY is set but Apprise is not installed; run: python -m pip install -r requirements.txt"
+        )
+        return False
+    host = socket.gethostname()
+    verdict = "test" if test else "succeeded" if code == EXIT_OK else "FAILED"
+    title = f"clever_export {verdict} on {host}"
+    body = f"{title}: exit {code} ({EXIT_CODES.get(code, 'unknown')})\n{message}"
+    apprise_log = logging.getLogger("apprise")
+    level, propagate = apprise_log.level, apprise_log.propagate
+    apprise_log.setLevel(logging.CRITICAL + 1)  # its lines may hold a target's URL: never in our log
+    apprise_log.propagate = False
+    try:
+        sender = apprise.Apprise()
+        added = [url for url in targets if sender.add(url)]
+        sent = bool(added) and bool(sender.notify(title=title, body=body))
+    except Exception as error:
+        LOG.warning("notification failed (%s)", type(error).__name__)
+        return False
+    finally:
+        apprise_log.setLevel(level)
+        apprise_log.propagate = propagate
+    if len(added) < len(targets):
+        shown = ", ".join(target_shown(url) for url in targets if url not in added)
+        LOG.warning("CLEVER_NOTIFY: Apprise does not understand %s; fix the URL", shown)
+    if not sent:
+        LOG.warning("notification to %s failed", ", ".join(target_shown(url) for url in targets))
+    return sent
 
 
 def open_source(options: RunOptions, database: DatabaseSettings | None):
@@ -2500,7 +2832,7 @@ def open_source(options: RunOptions, database: DatabaseSettings | None):
 
 def describe_source(options: RunOptions, database: DatabaseSettings | None) -> str:
     if options.source == "oracle":
-        return f"Oracle {database.dsn} as {database.user}"
+        return redact(f"Oracle {database.dsn} as {database.user}")
     return "demo data" if options.source == "demo" else f"SQLite {options.sqlite_path}"
 
 
@@ -2512,45 +2844,61 @@ def table_exists(connection, table: str) -> bool:
     return True
 
 
-@dataclasses.dataclass
-class RunRecord:
-    """What --status shows of a run; run-level only, never a student's data."""
+class Prepared(NamedTuple):
+    """What a run checked before touching the database."""
 
-    started: str
-    finished: str = ""
-    exit_code: int | None = None
-    message: str = ""
-    students: int | None = None
-    bytes: int | None = None
-    remote_path: str = ""
+    database: DatabaseSettings | None
+    sftp: SftpSettings | None
+    login: SftpLogin | None
+    sent: SentCopy | None  # the previous upload's copy, when tonight checks its import
 
 
-STATE_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"  # local time with its UTC offset
+class SentCopy(NamedTuple):
+    path: Path
+    columns: tuple[str, ...]  # as it was written: a profile may change between nights
 
 
-def now_text() -> str:
-    # datetime's %z is Python's own +hhmm (time.strftime's may be a zone name on Windows).
-    return datetime.datetime.now().astimezone().strftime(STATE_TIME_FORMAT)
-
-
-def run_export(options: RunOptions, environ: dict[str, str], record: RunRecord) -> Summary:
+def run_export(options: RunOptions, state: State, record: RunRecord) -> Summary:
+    """The run itself: prepare, export, and for a nightly run publish."""
     started = time.monotonic()
-    profile = options.profile
-    # Every setting is read and checked before the database is touched.
-    database = database_settings(environ) if options.source == "oracle" else None
+    prepared = prepare(options, state)
+    LOG.info(
+        "export started: profile %s, %s", options.profile.name, describe_source(options, prepared.database)
+    )
+    mapper = export(options, prepared)
+    summary = mapper.summary
+    record.students, record.bytes = summary.written, options.output_path.stat().st_size
+    if options.dry_run:
+        shown = (
+            state.last_import_check.describe() if state.last_import_check else "last import check: none yet"
+        )
+        for line in [*summary.report().splitlines(), f"  {shown}"]:
+            LOG.info("%s", line)  # one log line per report line
+    if options.uploads:
+        publish(options, prepared, state, mapper, record)
+    LOG.info("%s", summary.line(time.monotonic() - started))
+    return summary
+
+
+def prepare(options: RunOptions, state: State) -> Prepared:
+    """Every setting read and checked, and the login key loaded, before the database is touched."""
+    values = options.settings.values
+    database = database_settings(values) if options.source == "oracle" else None
     sftp = login = None
-    if options.upload:
-        sftp = sftp_settings(environ, options.known_hosts_path, options.timeout)
+    if options.uploads:
+        sftp = sftp_settings(values, options.known_hosts_path, options.timeout)
         login = prepare_login(sftp)
-    if options.changed_only and not profile.can_compare():
+    if options.changed_only and not options.profile.can_compare():
         raise ConfigError("--changed-only needs current_values.table in the profile")
-    # The caller holds the run lock.
-    remove_stale_temporaries(options.output_path)
-    remove_stale_temporaries(options.state_path)
-    remove_stale_temporaries(options.state_path.parent / SENT_FILE_NAME)
-    LOG.info("export started: profile %s, %s", profile.name, describe_source(options, database))
-    sent = plan_import_check(options)
-    connection = open_source(options, database)
+    for path in (options.output_path, options.state_path, options.sent_copy_path):
+        remove_stale_temporaries(path)
+    return Prepared(database, sftp, login, plan_import_check(options, state))
+
+
+def export(options: RunOptions, prepared: Prepared) -> StudentMapper:
+    """The one query, mapped and written to the local file."""
+    profile, sent = options.profile, prepared.sent
+    connection = open_source(options, prepared.database)
     try:
         compare = options.changed_only or (options.dry_run and profile.can_compare()) or sent is not None
         if compare and not table_exists(connection, profile.current_table):
@@ -2570,85 +2918,112 @@ def run_export(options: RunOptions, environ: dict[str, str], record: RunRecord) 
                     profile.current_table,
                 )
             compare = False
-        statement = export_statement(profile, compare)
-        mapper = export_pass(connection, statement, options, sent)
-        scattered = mapper.scattered_numbers()
-        if scattered:
-            # student_number is text in different forms: once more, holding those students together.
-            LOG.info(
-                "%d student number%s rows that did not arrive together; reading once more",
-                len(scattered),
-                " has" if len(scattered) == 1 else "s have",
-            )
-            mapper = export_pass(connection, statement, options, sent, scattered)
+        mapper = export_pass(connection, export_statement(profile, compare), options, sent)
     finally:
         connection.close()
     summary = mapper.summary
-    size = options.output_path.stat().st_size
-    LOG.info("wrote %s (%d students, %d bytes)", options.output_path, summary.written, size)
-    duplicates = summary.skipped[SKIP_DUPLICATE]
-    if duplicates:
-        LOG.warning(
-            "%d student number%s several active rows with different values and got no line; "
-            "the log names them",
-            duplicates,
-            " has" if duplicates == 1 else "s have",
-        )
-    record.students, record.bytes = summary.written, size
-    if options.dry_run:
-        last_check = read_state_quietly(options.state_path).get("last_import_check")
-        for line in [*summary.report().splitlines(), describe_import_check(last_check)]:
-            LOG.info("%s", line)  # one log line per report line
-    if options.upload and not options.dry_run:
-        # --force: a state file that cannot be read is rewritten; otherwise it stops the guard.
-        state = read_state_quietly(options.state_path) if options.force else read_state(options.state_path)
-        if not options.force:
-            check_guard(
-                summary.active, previous_upload_count(state, options.state_path), options.max_drop_percent
-            )
-        remote_size = upload(options.output_path, sftp, login, profile, options.retry)
-        record.remote_path = f"{sftp.host}:{posixpath.join(profile.remote_dir, profile.file_name)}"
-        LOG.info("uploaded to %s (%d bytes)", record.remote_path, remote_size)
-        record.message = "uploaded"
-        upload_record = {
-            "students": summary.active,
-            "at": now_text(),
-            "bytes": remote_size,
-            "remote_path": record.remote_path,
-            "changed_only": options.changed_only,
-        }
-        try:
-            upload_record["sent_sha256"] = keep_sent_copy(options.output_path, options.state_path)
-        except OSError as error:
+    LOG.info(
+        "wrote %s (%d students, %d bytes)",
+        options.output_path,
+        summary.written,
+        options.output_path.stat().st_size,
+    )
+    for reason, what in (
+        (SKIP_DUPLICATE, "several active rows with different values"),
+        (SKIP_FORMS, "rows stored in different forms"),
+    ):
+        if summary.skipped[reason]:
             LOG.warning(
-                "the upload succeeded, but its copy for the import check was not kept in %s (%s); "
-                "fix --state-file, whose folder holds it",
-                options.state_path.parent,
-                error.strerror,
-            )
-        previous_upload = state.get("last_upload")
-        state["last_upload"] = upload_record
-        failure = None
-        if mapper.import_check is not None:
-            state["last_import_check"], failure = judge_import(
-                mapper.import_check, previous_upload, options.import_tolerance_percent
-            )
-        try:
-            write_state(options.state_path, state)
-        except ExportError as error:
-            LOG.warning("the upload succeeded, but %s", error)
-        if failure is not None:
-            raise failure
-    LOG.info("%s", summary.line(time.monotonic() - started))
-    return summary
+                "%d student number%s %s and got no line; the log names them",
+                summary.skipped[reason], " has" if summary.skipped[reason] == 1 else "s have", what,
+            )  # fmt: skip
+    return mapper
 
 
-def read_state_quietly(path: Path) -> dict[str, Any]:
-    """The state for what is only shown or added to; the guard reads it strictly."""
-    try:
-        return read_state(path)
-    except GuardError:
-        return {}
+def export_pass(
+    connection, statement: ExportStatement, options: RunOptions, sent: SentCopy | None
+) -> StudentMapper:
+    """Run the statement once and write the file; return the mapper with its counts."""
+    profile = options.profile
+    mapper = StudentMapper(
+        profile, statement, Summary(fields=profile.value_fields(), compared=statement.compares)
+    )
+    batches = stream_batches(connection, statement)
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(batches.close)
+        if sent is not None:
+            sent_file = cleanup.enter_context(open(sent.path, encoding="utf-8", newline="\n"))
+            mapper.import_check = ImportCheck(sent_file, sent.columns, profile.value_fields())
+        lines = export_lines(batches, mapper, options.changed_only)
+        cleanup.callback(lines.close)
+        with atomic_file(options.output_path, "--output") as stream:
+            if profile.header:
+                stream.write("\t".join(profile.columns) + "\n")
+            stream.writelines(lines)
+            repeated = mapper.repeated_numbers()
+            if repeated:
+                drop_repeated_numbers(stream, repeated, mapper)
+    return mapper
+
+
+def drop_repeated_numbers(stream, repeated: frozenset[int], mapper: StudentMapper) -> None:
+    """Take out the lines of numbers stored in different forms, which did not
+    arrive together (a text student_number column: a SQLite trial's case, not
+    PowerSchool's): the import would keep whichever line came last."""
+    number_at = mapper.profile.columns.index("student_number")
+    stream.seek(0)
+    kept, dropped = [], {}
+    for line in stream:
+        number = student_number_text(line.split("\t")[number_at])
+        if number is not None and int(number) in repeated:
+            dropped.setdefault(number, []).append(line)
+        else:
+            kept.append(line)
+    stream.seek(0)
+    stream.truncate()
+    stream.writelines(kept)
+    summary = mapper.summary
+    for number, lines in dropped.items():
+        summary.written -= len(lines)
+        summary.exported -= len(lines)
+        summary.skip(SKIP_FORMS)
+        for line in lines:
+            for field, value in zip(mapper.fields, _values_of(line, mapper.profile.columns), strict=True):
+                summary.values[field][value] -= 1
+        FILE_LOG.warning("student %s: %s (%d lines); no line written", number, SKIP_FORMS, len(lines))
+
+
+def _values_of(line: str, columns: tuple[str, ...]) -> list[str]:
+    parts = line.rstrip("\n").split("\t")
+    return [part for part, column in zip(parts, columns, strict=True) if column != "student_number"]
+
+
+def publish(
+    options: RunOptions, prepared: Prepared, state: State, mapper: StudentMapper, record: RunRecord
+) -> None:
+    """The guard, the upload, the state, and the verdict on the previous import."""
+    profile, summary, sftp = options.profile, mapper.summary, prepared.sftp
+    if options.force:
+        state.problem = None  # --force: a state file that cannot be read is rewritten
+    else:
+        last = state.require().last_upload
+        check_guard(summary.exported, last.students if last else None, options.max_drop_percent)
+    remote_size = upload(options.output_path, sftp, prepared.login, profile, options.retry)
+    record.remote_path = f"{sftp.host}:{posixpath.join(profile.remote_dir, profile.file_name)}"
+    LOG.info("uploaded to %s (%d bytes)", record.remote_path, remote_size)
+    record.message = "uploaded"
+    previous_upload, failure = state.last_upload, None
+    state.last_upload = UploadRecord(
+        summary.exported, now_text(), remote_size, record.remote_path, options.changed_only,
+        keep_sent_copy(options), list(profile.columns),
+    )  # fmt: skip
+    if mapper.import_check is not None and previous_upload is not None:
+        state.last_import_check, failure = judge_import(
+            mapper.import_check, previous_upload, options.import_tolerance_percent
+        )
+    state.save_or_warn(False, "the upload succeeded, but the state file was not written")
+    if failure is not None:
+        raise failure
 
 
 def sha256_of(path: Path) -> str:
@@ -2659,193 +3034,145 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def keep_sent_copy(output_path: Path, state_path: Path) -> str:
+def keep_sent_copy(options: RunOptions) -> str:
     """Keep what was just uploaded beside the state file (mode 600), for
-    tomorrow's import check; return its hash."""
-    target = state_path.parent / SENT_FILE_NAME
-    descriptor, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    tomorrow's import check; return its hash ("" if it could not be kept)."""
     try:
-        narrow_to_owner(temp_name, descriptor)
-        with open(descriptor, "wb") as copy, open(output_path, "rb") as source:
+        with (
+            atomic_file(options.sent_copy_path, "--state-file", binary=True) as copy,
+            open(options.output_path, "rb") as source,
+        ):
             shutil.copyfileobj(source, copy)
-        os.replace(temp_name, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp_name)
-        raise
-    return sha256_of(target)
+        return sha256_of(options.sent_copy_path)
+    except (ConfigError, OSError) as error:
+        LOG.warning(
+            "the upload succeeded, but its copy for the import check was not kept (%s); fix --state-file, "
+            "whose folder holds it", error,
+        )  # fmt: skip
+        return ""
 
 
-def plan_import_check(options: RunOptions) -> Path | None:
+def plan_import_check(options: RunOptions, state: State) -> SentCopy | None:
     """The previous upload to check tonight, or None (with the reason at INFO)."""
-    profile = options.profile
-    if not options.upload or options.import_deadline_hours <= 0 or not profile.can_compare():
+    if not options.uploads or options.import_deadline_hours <= 0 or not options.profile.can_compare():
         return None
-    last_upload = read_state_quietly(options.state_path).get("last_upload")
-    if not isinstance(last_upload, dict) or not last_upload.get("sent_sha256"):
+    last_upload = state.last_upload
+    if last_upload is None or not last_upload.sent_sha256:
         LOG.info("import check skipped: no previous upload recorded with its copy")
         return None
-    age = upload_age_hours(last_upload)
+    age = hours_since(last_upload.at)
     if age is None or age < options.import_deadline_hours:
         LOG.info(
             "import check skipped: the previous upload is younger than --import-deadline %g hours",
             options.import_deadline_hours,
         )
         return None
-    sent_path = options.state_path.parent / SENT_FILE_NAME
+    columns = tuple(last_upload.columns or options.profile.columns)  # older state files: tonight's
+    if "student_number" not in columns:
+        LOG.info("import check skipped: the previous upload's columns have no student_number")
+        return None
     try:
-        if sha256_of(sent_path) != last_upload["sent_sha256"]:
-            LOG.info("import check skipped: %s is not the copy of the previous upload", sent_path)
+        if sha256_of(options.sent_copy_path) != last_upload.sent_sha256:
+            LOG.info(
+                "import check skipped: %s is not the copy of the previous upload", options.sent_copy_path
+            )
             return None
     except OSError:
-        LOG.info("import check skipped: %s cannot be read", sent_path)
+        LOG.info("import check skipped: %s cannot be read", options.sent_copy_path)
         return None
-    return sent_path
+    return SentCopy(options.sent_copy_path, columns)
 
 
 def judge_import(
-    check: ImportCheck, previous_upload: Any, tolerance: float
-) -> tuple[dict, ExportError | None]:
+    check: ImportCheck, previous_upload: UploadRecord, tolerance: float
+) -> tuple[ImportCheckRecord, ExportError | None]:
     """The check's record for the state file, and the failure to raise, if any."""
-    when = str(previous_upload.get("at", "?")) if isinstance(previous_upload, dict) else "?"
-    record: dict[str, Any] = {
-        "at": now_text(),
-        "upload_at": when,
-        "compared": check.compared,
-        "differing": check.differing,
-        "example": "",
-    }
+    record = ImportCheckRecord(now_text(), previous_upload.at, check.compared, check.differing)
+    record.blank_not_applied = dict(check.blank_not_applied)
     if check.example is not None:
         # One student's values: the log file only. Elsewhere, only which field.
         number, field, sent, now = check.example
-        record["example"] = f"{field} differs"
+        record.example = f"{field} differs"
         FILE_LOG.info(
             "import check example: student %s: %s sent %s, PowerSchool has %s",
             number, field, sent or "blank", now or "blank",
         )  # fmt: skip
     if not check.usable:
         LOG.info("import check skipped: the previous upload is not in student_number order")
-        record["skipped"] = "previous upload not in student_number order"
+        record.skipped = "previous upload not in student_number order"
         return record, None
+    report_blanks_not_applied(check)
     LOG.info(
         "import check: %d of %d students of the previous upload still differ", check.differing, check.compared
     )
     if check.compared and check.percent_differing() > tolerance:
-        shown_when = when[:16].replace("T", " ")
         return record, NotImportedError(
-            f"PowerSchool has not imported the upload of {shown_when}: {check.differing:,} of "
-            f"{check.compared:,} students still differ (the log names an example); check the AutoComm import "
-            "(Data Import Manager: the job ran; field delimiter Tab, record delimiter LF, field order, "
-            "match on student_number). Tonight's file was uploaded"
+            f"PowerSchool has not imported the upload of {shown_time(previous_upload.at)}: "
+            f"{check.differing:,} of {check.compared:,} students still differ (the log names an example); "
+            "check the AutoComm import (Data Import Manager: the job ran; field delimiter Tab, record "
+            "delimiter LF, field order, match on student_number). Tonight's file was uploaded"
         )
     return record, None
 
 
-def describe_import_check(last_check: Any) -> str:
-    if not isinstance(last_check, dict):
-        return "  last import check: none yet"
-    example = f"; e.g. {last_check['example']}" if last_check.get("example") else ""
-    return (
-        f"  last import check: {last_check.get('at', '?')} (upload of {last_check.get('upload_at', '?')}): "
-        f"{last_check.get('differing', '?')} of {last_check.get('compared', '?')} students differed{example}"
+def report_blanks_not_applied(check: ImportCheck) -> None:
+    """Fields sent blank that PowerSchool still holds: a WARNING, never exit 6 alone."""
+    if not check.blank_not_applied:
+        return
+    counts = ", ".join(f"{field} {count:,}" for field, count in check.blank_not_applied.items())
+    LOG.warning(
+        "import check: blank not applied: %s student field%s sent blank still hold a value in PowerSchool; "
+        "the import may leave a field unchanged for a blank (see docs/mapping.md, Blank values)",
+        counts, "" if check.blank_not_applied.total() == 1 else "s",
+    )  # fmt: skip
+    number, field, now = check.blank_example
+    FILE_LOG.info(
+        "blank not applied, example: student %s: %s sent blank, PowerSchool has %s",
+        number,
+        field,
+        escape_text(now),
     )
 
 
-def export_pass(
-    connection, statement: ExportStatement, options: RunOptions, sent: Path | None, scattered=frozenset()
-) -> StudentMapper:
-    """Run the statement once and write the file; return the mapper with its counts."""
-    profile = options.profile
-    summary = Summary(fields=profile.value_fields(), compared=statement.compares)
-    mapper = StudentMapper(profile, statement, summary)
-    batches = stream_batches(connection, statement)
-    with contextlib.ExitStack() as cleanup:
-        cleanup.callback(batches.close)
-        if sent is not None:
-            sent_file = cleanup.enter_context(open(sent, encoding="utf-8", newline="\n"))
-            mapper.import_check = ImportCheck(sent_file, profile.columns, profile.value_fields())
-        lines = export_lines(batches, mapper, options.changed_only, scattered)
-        cleanup.callback(lines.close)
-        write_export(lines, options.output_path, profile.columns if profile.header else None)
-    return mapper
-
-
-def record_start(state_path: Path, record: RunRecord) -> None:
-    """Mark the run as started (the lock held): a run killed before its end shows in --status."""
-    _update_state(state_path, record, {"running": {"started": record.started, "pid": os.getpid()}})
-
-
-def record_run(state_path: Path, record: RunRecord) -> None:
-    """Keep the run's outcome beside the script for --status; never fails the run."""
-    _update_state(state_path, record, {"last_run": dataclasses.asdict(record), "running": None})
-
-
-def _update_state(state_path: Path, record: RunRecord, changes: dict[str, Any]) -> None:
-    try:
-        # A state file that cannot be read is never overwritten here: it holds
-        # the last upload's count, and the guard must go on refusing until an
-        # admin fixes it or says --force.
-        state = read_state(state_path)
-        for key, value in changes.items():
-            if value is None:
-                state.pop(key, None)
-            else:
-                state[key] = value
-        write_state(state_path, state)
-    except Exception as error:  # the run's outcome stands whatever happens here
-        if not LOG.handlers:  # failed before the log was open: the failure's one line says it all
-            return
-        # After a failure the admin needs the failure's one line, not this one.
-        logger = LOG if record.exit_code == EXIT_OK else FILE_LOG
-        logger.warning("could not record this run for --status: %s", escape_text(_first_line(error)))
-
-
-def show_status(state_path: Path, max_age_hours: float | None) -> int:
+def show_status(state_path: Path, lock_path: Path, max_age_hours: float | None) -> int:
     """--status: the last run and the last upload in a few lines; the last run's exit code."""
-    try:
-        state = read_state(state_path)
-    except GuardError as error:
-        print(f"status: {error}")
+    state = State.load(state_path)
+    if state.problem is not None:
+        print(f"status: {state.problem}")
         return EXIT_CONFIG
-    last_run, last_upload = state.get("last_run"), state.get("last_upload")
-    running = state.get("running")
-    if isinstance(running, dict):
-        if _process_alive(running.get("pid")):
-            print(
-                f"running now: a run started {escape_text(running.get('started', '?'))} (pid {running.get('pid')})"
-            )
-        else:
-            print(
-                f"last run: started {escape_text(running.get('started', '?'))} and recorded no outcome: "
-                "it was killed (SIGKILL, a reboot, a power cut) or is still running"
-            )
-            last_run = {"exit_code": EXIT_TERMINATED, "started": running.get("started"), "killed": True}
-    if isinstance(last_run, dict) and last_run.get("killed"):
-        code = EXIT_TERMINATED
-    elif not isinstance(last_run, dict):
-        print(f"last run: none recorded in {state_path}")
-        code = EXIT_CONFIG
-    else:
-        code = last_run.get("exit_code")
-        code = code if type(code) is int else EXIT_BUG
+    last_run = state.last_run
+    code = EXIT_CONFIG
+    if state.running and RunLock.held(lock_path):
+        print(f"running now: a run started {escape_text(state.running)}")
+    elif state.running:
         print(
-            f"last run: {last_run.get('started', '?')} to {last_run.get('finished', '?')}, exit {code} "
+            f"last run: started {escape_text(state.running)} and recorded no outcome: it was killed "
+            "(SIGKILL, a reboot, a power cut)"
+        )
+        last_run, code = None, EXIT_TERMINATED
+    if last_run is not None:
+        code = last_run.exit_code if type(last_run.exit_code) is int else EXIT_BUG
+        print(
+            f"last run: {escape_text(last_run.started)} to {escape_text(last_run.finished or '?')}, exit {code} "
             f"({EXIT_CODES.get(code, 'unknown')})"
         )
-        if last_run.get("message"):
-            print(f"  {escape_text(last_run['message'])}")
-        if last_run.get("students") is not None:
-            print(f"  students written {last_run['students']}, bytes {last_run.get('bytes')}")
-    if isinstance(last_upload, dict):
+        if last_run.message:
+            print(f"  {escape_text(last_run.message)}")
+        if last_run.students is not None:
+            print(f"  students written {last_run.students}, bytes {last_run.bytes}")
+    elif code == EXIT_CONFIG:
+        print(f"last run: none recorded in {state_path}")
+    upload = state.last_upload
+    if upload is not None:
         print(
-            f"last upload: {last_upload.get('at', '?')}, {last_upload.get('students')} students, "
-            f"{last_upload.get('bytes', '?')} bytes to {last_upload.get('remote_path', '?')}"
+            f"last upload: {escape_text(upload.at)}, {upload.students} students, "
+            f"{upload.bytes} bytes to {escape_text(upload.remote_path)}"
         )
     else:
         print("last upload: none recorded")
-    print(describe_import_check(state.get("last_import_check")).strip())
+    print(state.last_import_check.describe() if state.last_import_check else "last import check: none yet")
     if max_age_hours is not None:
-        age = upload_age_hours(last_upload)
+        age = hours_since(upload.at) if upload else None
         if age is None or age > max_age_hours or age < -0.25:
             shown = "never made" if age is None else f"made {age:.1f} hours ago"
             if age is not None and age < -0.25:
@@ -2855,110 +3182,139 @@ def show_status(state_path: Path, max_age_hours: float | None) -> int:
     return code
 
 
-def _process_alive(pid: Any) -> bool:
-    """Whether the run that marked itself started is still running (Linux/macOS;
-    elsewhere unknown, so False: --status then says "killed or still running")."""
-    if os.name != "posix" or type(pid) is not int or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+class Checklist:
+    """--check's lines: [ ok ], [WARN] or [FAIL] with the reason; the exit code of the first failure."""
 
+    def __init__(self):
+        self.first_failure = EXIT_OK
 
-def upload_age_hours(last_upload: Any) -> float | None:
-    if not isinstance(last_upload, dict):
-        return None
-    try:
-        at = datetime.datetime.strptime(str(last_upload.get("at")), STATE_TIME_FORMAT).timestamp()
-    except (ValueError, OverflowError, OSError):
-        return None
-    return (time.time() - at) / 3600
-
-
-def run_check(options: RunOptions, environ: dict[str, str]) -> int:
-    """--check: one line per check; exit code of the first failure's class."""
-    first_failure = EXIT_OK
-    profile = options.profile
-
-    def check(label: str, action: Callable[[], Any], warn_only: bool = False) -> Any:
-        nonlocal first_failure
+    def __call__(self, label: str, action: Callable[[], Any], warn_only: bool = False) -> Any:
         try:
             result = action()
         except ExportError as error:
-            print(f"[{'warn' if warn_only else 'FAIL'}] {label}: {error}")
+            print(f"[{'WARN' if warn_only else 'FAIL'}] {label}: {error}")
             if not warn_only:
-                first_failure = first_failure or error.exit_code
+                self.first_failure = self.first_failure or error.exit_code
             return None
         print(f"[ ok ] {label}")
         return result if result is not None else True
 
-    print(f"settings: {options.env_source or 'the process environment (no env file)'}")
+    def skip(self, label: str, reason: str) -> None:
+        print(f"[skip] {label}: {reason}")
+
+
+def run_check(options: RunOptions) -> int:
+    """--check: one line per check; exit code of the first failure's class."""
+    check = Checklist()
+    describe_settings(options.settings)
     # The files a nightly run writes: what a run as root, or a full disk, breaks first.
-    check(f"state file {options.state_path} readable", lambda: bool(read_state(options.state_path)) or True)
-    check(f"output folder {options.output_path.parent} writable", lambda: probe_folder(options.output_path))
+    check(f"state file {options.state_path} readable", lambda: State.load(options.state_path).require())
+    check(
+        f"output folder {options.output_path.parent} writable",
+        lambda: probe_folder(options.output_path, "--output"),
+    )
     check(
         f"lock {options.lock_path} free",
-        lambda: RunLock(options.lock_path).__enter__().__exit__(),
+        lambda: RunLock(options.lock_path, wait=0).__enter__().__exit__(),
         warn_only=True,
     )
+    values = options.settings.values
     database = None
     if options.source == "oracle":
-        database = check("database variables set", lambda: database_settings(environ))
+        database = check("database variables set", lambda: database_settings(values))
+    if database or options.source != "oracle":
+        check_database(check, options, database)
     sftp = check(
-        "SFTP variables set", lambda: sftp_settings(environ, options.known_hosts_path, options.timeout)
+        "SFTP variables set", lambda: sftp_settings(values, options.known_hosts_path, options.timeout)
     )
-    known = sftp and check(
+    if sftp:
+        check_sftp(check, options, sftp)
+    print("all checks passed" if check.first_failure == EXIT_OK else "some checks failed")
+    return check.first_failure
+
+
+def check_database(check: Checklist, options: RunOptions, database: DatabaseSettings | None) -> None:
+    profile = options.profile
+    connection = check(
+        f"database login ({describe_source(options, database)})", lambda: open_source(options, database)
+    )
+    if not connection:
+        return
+    try:
+        for table in profile.tables_read():
+            check(f"table {table} readable", lambda table=table: probe_table(connection, table))
+        check(
+            "nightly query runs",
+            lambda: probe_query(connection, export_statement(profile, False).sql, "nightly"),
+        )
+        if profile.can_compare():
+            optional = not options.changed_only
+            readable = check(
+                f"current_values table {profile.current_table} readable",
+                lambda: probe_table(connection, profile.current_table), warn_only=optional,
+            )  # fmt: skip
+            if readable:
+                check(
+                    "comparison query runs (--changed-only, --dry-run)",
+                    lambda: probe_query(connection, export_statement(profile, True).sql, "comparison"),
+                    warn_only=optional,
+                )
+    finally:
+        connection.close()
+
+
+def check_sftp(check: Checklist, options: RunOptions, sftp: SftpSettings) -> None:
+    remote_dir = options.profile.remote_dir
+    known = check(
         f"known_hosts {options.known_hosts_path} holds {sftp.known_hosts_name}",
         lambda: check_known_hosts(sftp),
     )
     client_key = None
-    if sftp and sftp.key_file is not None:
+    if sftp.key_file is not None:
         client_key = check(f"SFTP key {sftp.key_file} loads", lambda: load_client_key(sftp))
-    if database or options.source != "oracle":
-        connection = check(
-            f"database login ({describe_source(options, database)})", lambda: open_source(options, database)
+    if not known or (sftp.key_file is not None and not client_key):
+        check.skip(f"remote directory {remote_dir}", "not checked: the SFTP login cannot be tried")
+        return
+    opened = check("SFTP login", lambda: open_sftp(sftp, SftpLogin(known, client_key)))
+    if not opened:
+        check.skip(f"remote directory {remote_dir}", "not checked: login failed")
+        return
+    client, session = opened
+    try:
+        check(f"remote directory {remote_dir} writable", lambda: probe_remote_dir(session, sftp, remote_dir))
+    finally:
+        client.close()
+
+
+def describe_settings(settings: Settings) -> None:
+    """Where each connection setting came from (never its value), for --check."""
+    print(f"settings: {settings.env_file or 'the process environment (no env file)'}")
+    for name in sorted(settings.sources):
+        print(f"  {name}: from {settings.sources[name]}")
+    for name in settings.overridden:
+        print(
+            f"[WARN] {name}: the process environment overrides the env file's value (unset it, or remove the line)"
         )
-        if connection:
-            for table in profile.tables_read():
-                check(f"table {table} readable", lambda table=table: probe_table(connection, table))
-            check(
-                "nightly query runs",
-                lambda: probe_query(connection, export_statement(profile, False).sql, "nightly"),
-            )
-            if profile.can_compare():
-                readable = check(
-                    f"current_values table {profile.current_table} readable",
-                    lambda: probe_table(connection, profile.current_table),
-                    warn_only=not options.changed_only,
-                )
-                if readable:
-                    check(
-                        "comparison query runs (--changed-only, --dry-run)",
-                        lambda: probe_query(connection, export_statement(profile, True).sql, "comparison"),
-                        warn_only=not options.changed_only,
-                    )
-            connection.close()
-    if known and (client_key or not (sftp and sftp.key_file)):
-        opened = check("SFTP login", lambda: open_sftp(sftp, SftpLogin(known, client_key or None)))
-        if opened:
-            client, session = opened
-            try:
-                check(
-                    f"remote directory {profile.remote_dir} writable",
-                    lambda: probe_remote_dir(session, sftp, profile.remote_dir),
-                )
-            finally:
-                client.close()
-    print("all checks passed" if first_failure == EXIT_OK else "some checks failed")
-    return first_failure
 
 
-def show_host_key(options: RunOptions, environ: dict[str, str]) -> int:
-    sftp = sftp_settings(environ, options.known_hosts_path, options.timeout, need_login=False)
+def send_test_notification(options: RunOptions) -> int:
+    """--notify-test: one test message to every CLEVER_NOTIFY target."""
+    targets = notify_targets(options.settings)
+    if not targets:
+        raise ConfigError(
+            "CLEVER_NOTIFY is not set; add an Apprise URL to the env file (see README, Monitoring)"
+        )
+    if not notify(options, EXIT_OK, "a test notification from clever_export --notify-test", test=True):
+        raise ConfigError(
+            f"the test notification to {', '.join(target_shown(url) for url in targets)} failed; "
+            "check the URL, and that this server can reach it"
+        )
+    LOG.info("test notification sent to %s", ", ".join(target_shown(url) for url in targets))
+    return EXIT_OK
+
+
+def show_host_key(options: RunOptions) -> int:
+    sftp = sftp_settings(options.settings.values, options.known_hosts_path, options.timeout, need_login=False)
     key = fetch_host_key(sftp)
     name = sftp.known_hosts_name
     print(f"# {sftp.host} port {sftp.port} offered this host key. Trust nothing yet: compare its")
@@ -2976,7 +3332,8 @@ def show_host_key(options: RunOptions, environ: dict[str, str]) -> int:
 
 
 def epilog() -> str:
-    exit_codes = "\n".join(f"  {code:>3}  {meaning}" for code, meaning in EXIT_CODES.items())
+    # Task Scheduler shows the last result in hex: each code is given both ways.
+    exit_codes = "\n".join(f"  {code:>3}  0x{code:02X}  {meaning}" for code, meaning in EXIT_CODES.items())
     return f"""\
 environment (or KEY=value lines in clever_export.env beside the script, mode 600):
   POWERSCHOOL_READ_USER      PowerSchool (Oracle) read-only user
@@ -2991,7 +3348,7 @@ environment (or KEY=value lines in clever_export.env beside the script, mode 600
   D118_SFTP_KEY_FILE         private key file, OpenSSH format, mode 600 (relative: beside the script)
   D118_SFTP_KEY_PASSPHRASE   the key's passphrase, if it has one
 
-exit codes (Task Scheduler shows them in hex: 0x0 ... 0x6, 0x4B, 0x82, 0x8F):
+exit codes (decimal, then hex as Task Scheduler's "Last Run Result" shows it):
 {exit_codes}
 
 examples:
@@ -3016,6 +3373,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__ or "Nightly PowerSchool -> Clever race, ethnicity and ELL export.",
         epilog=epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # --dry is not --dry-run: a scheduled task's typo must fail, not guess
     )
     mode = parser.add_argument_group("what to do (default: export and upload)")
     mode.add_argument(
@@ -3174,8 +3532,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOURS",
         type=float,
         default=DEFAULT_IMPORT_DEADLINE_HOURS,
-        help="check that PowerSchool imported the previous upload once it is older than HOURS "
-        "(default: %(default)g; 0 turns the check off)",
+        help="check that PowerSchool imported the previous upload once it is older than HOURS, "
+        "fractions allowed such as 0.5 (default: %(default)g; 0 turns the check off)",
     )
     safety.add_argument(
         "--import-tolerance",
@@ -3190,6 +3548,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="Healthchecks-style monitoring: URL/start, URL on success, URL/fail, with the run-level "
         "log lines (never a student's)",
+    )
+    safety.add_argument(
+        "--notify-success",
+        action="store_true",
+        help="also notify the CLEVER_NOTIFY targets when the run succeeds (failures always notify)",
+    )
+    mode.add_argument(
+        "--notify-test",
+        action="store_true",
+        help="send a test notification to every CLEVER_NOTIFY target, then stop",
     )
     output = parser.add_argument_group("output")
     output.add_argument(
@@ -3215,14 +3583,54 @@ def finite_number(value: float, flag: str, low: float, high: float) -> float:
     return value
 
 
-def resolve_options(args: argparse.Namespace, profile: Profile) -> RunOptions:
-    """The command line applied to the profile once, and checked once."""
-    finite_number(args.timeout, "--timeout", 0.1, 3600)
-    finite_number(args.retry_wait, "--retry-wait", 0, 3600)
-    finite_number(args.max_drop, "--max-drop", 0, 100)
-    finite_number(args.retries, "--retries", 1, 20)
-    finite_number(args.import_deadline, "--import-deadline", 0, 24 * 366)
-    finite_number(args.import_tolerance, "--import-tolerance", 0, 100)
+# Each numeric flag's range, checked once before anything runs.
+FLAG_RANGES = {
+    "timeout": ("--timeout", 0.1, 3600),
+    "retry_wait": ("--retry-wait", 0, 3600),
+    "max_drop": ("--max-drop", 0, 100),
+    "retries": ("--retries", 1, 20),
+    "import_deadline": ("--import-deadline", 0, 24 * 366),
+    "import_tolerance": ("--import-tolerance", 0, 100),
+    "max_age": ("--max-age", 0, 24 * 366),
+}
+
+
+def mode_of(args: argparse.Namespace) -> Mode:
+    """What this run does: one mode per run, each flag with the mode it belongs to."""
+    chosen = [(flag, mode) for flag, mode, given in (
+        ("--demo-db", Mode.DEMO_DB, args.demo_db is not None), ("--check", Mode.CHECK, args.check),
+        ("--show-host-key", Mode.SHOW_HOST_KEY, args.show_host_key), ("--status", Mode.STATUS, args.status),
+        ("--notify-test", Mode.NOTIFY_TEST, args.notify_test), ("--demo", Mode.DEMO, args.demo),
+    ) if given]  # fmt: skip
+    if len(chosen) > 1:
+        raise ConfigError(f"choose one of {' and '.join(flag for flag, _ in chosen)}")
+    if args.demo and args.sqlite:
+        raise ConfigError("--demo uses its own sample data; leave out --sqlite")
+    for name, (flag, low, high) in FLAG_RANGES.items():
+        if getattr(args, name) is not None:
+            finite_number(getattr(args, name), flag, low, high)
+    if args.max_age is not None and not args.status:
+        raise ConfigError("--max-age goes with --status")
+    if chosen and chosen[0][1] is not Mode.DEMO:
+        return chosen[0][1]
+    if args.dry_run:
+        return Mode.DRY_RUN
+    if args.no_upload:
+        return Mode.NO_UPLOAD
+    return Mode.DEMO if args.demo else Mode.NIGHTLY
+
+
+def resolve_options(args: argparse.Namespace, mode: Mode, environ: dict[str, str]) -> RunOptions:
+    """Flags, env file and profile resolved into one RunOptions, each checked once.
+
+    Where a flag repeats a setting (--remote-dir, --remote-mode and
+    --exclude-name a profile key; --oracle-client ORACLE_CLIENT_LIB_DIR), the
+    flag overrides it for this run, here and nowhere else.
+    """
+    settings = read_settings(args.env_file, environ)
+    if args.oracle_client:
+        settings = settings.override("ORACLE_CLIENT_LIB_DIR", args.oracle_client, "--oracle-client")
+    profile = load_profile(beside_script(args.config) if args.config else None)
     overrides: dict[str, Any] = {}
     if args.remote_dir is not None:
         overrides["remote_dir"] = args.remote_dir
@@ -3233,19 +3641,18 @@ def resolve_options(args: argparse.Namespace, profile: Profile) -> RunOptions:
     profile = dataclasses.replace(profile, **overrides)
     validate_profile(profile, "command line" if overrides else "profile")
     check_query_inputs(profile)
-    state_path = beside_script(args.state_file)
-    output_path = beside_script(args.output or (DEMO_OUTPUT_NAME if args.demo else profile.file_name))
-    check_own_files(args, output_path)
-    return RunOptions(
+    demo = args.demo
+    options = RunOptions(
+        mode=mode,
         profile=profile,
-        source="demo" if args.demo else "sqlite" if args.sqlite else "oracle",
+        settings=settings,
+        source="demo" if demo else "sqlite" if args.sqlite else "oracle",
         sqlite_path=beside_script(args.sqlite) if args.sqlite else None,
-        output_path=output_path,
+        output_path=beside_script(args.output or (DEMO_OUTPUT_NAME if demo else profile.file_name)),
         known_hosts_path=beside_script(args.known_hosts),
-        state_path=state_path,
+        state_path=beside_script(args.state_file),
         lock_path=lock_path_of(args),
-        upload=is_nightly(args),
-        dry_run=args.dry_run,
+        log_path=beside_script(args.log_file),
         changed_only=args.changed_only,
         force=args.force,
         max_drop_percent=args.max_drop,
@@ -3253,165 +3660,13 @@ def resolve_options(args: argparse.Namespace, profile: Profile) -> RunOptions:
         retry=RetryPolicy(args.retries, args.retry_wait),
         import_deadline_hours=args.import_deadline,
         import_tolerance_percent=args.import_tolerance,
+        ping_url=args.ping_url,
+        notify_success=args.notify_success,
+        verbose=args.verbose,
+        quiet=args.quiet,
     )
-
-
-def check_own_files(args: argparse.Namespace, output_path: Path | None = None) -> None:
-    """The files a run writes are not the files it reads or keeps, nor each other:
-    --output known_hosts or --state-file clever_export.env would destroy them."""
-    state_path = beside_script(args.state_file)
-    output_path = output_path or (beside_script(args.output) if args.output else None)
-    written = {
-        "--output" if args.output else "output.file_name": output_path,
-        "--state-file": state_path,
-        "--log-file": beside_script(args.log_file),
-        "--lock-file": lock_path_of(args),
-    }
-    kept = {
-        "the script": Path(__file__).resolve(),
-        "--known-hosts": beside_script(args.known_hosts),
-        "the env file": beside_script(args.env_file) if args.env_file else DEFAULT_ENV_FILE,
-        "--config": beside_script(args.config) if args.config else None,
-        "--sqlite": beside_script(args.sqlite) if args.sqlite else None,
-        "the import check's copy": state_path.parent / SENT_FILE_NAME,
-        "requirements.txt": SCRIPT_DIR / "requirements.txt",
-        "the demo data": DEMO_SEED_FILE,
-    }
-
-    def same(a: Path, b: Path) -> bool:
-        return os.path.normcase(os.path.abspath(a)) == os.path.normcase(os.path.abspath(b))
-
-    flags = [(flag, path) for flag, path in written.items() if path is not None]
-    for flag, path in flags:
-        # Replaced by rename: a device or folder there (--output /dev/null as root) would be destroyed.
-        if flag != "--log-file" and path.exists() and not path.is_file():
-            raise ConfigError(f"{flag} {path} exists and is not a regular file; choose a file path")
-        for parent in path.parents:
-            if parent.exists() and not parent.is_dir():
-                raise ConfigError(f"{flag} {path} cannot be created: {parent} is a file, not a folder")
-    for at, (flag, path) in enumerate(flags):
-        for other, other_path in flags[at + 1 :]:
-            if same(path, other_path):
-                raise ConfigError(f"{flag} and {other} are the same file {path}; give each its own")
-        for what, kept_path in kept.items():
-            if kept_path is not None and same(path, kept_path):
-                raise ConfigError(
-                    f"{flag} {path} is {what}, which the run would overwrite; choose another path"
-                )
-
-
-def read_env_file(path: Path | None, environ: dict[str, str]) -> tuple[dict[str, str], str]:
-    """Settings from the env file under the process environment (which wins);
-    returns them and where they came from (a path, never a value)."""
-    named = path is not None
-    path = beside_script(path) if named else DEFAULT_ENV_FILE
-    if not named and not path.exists():
-        return environ, ""
-    if not path.is_file():
-        raise ConfigError(f"env file {path} does not exist or is not a file; check --env-file")
-    if os.name == "posix" and path.stat().st_mode & 0o077:
-        raise ConfigError(
-            f"env file {path} is readable by other users, so it is refused; run: chmod 600 {path}"
-        )
-    try:
-        import dotenv
-    except ImportError:
-        raise ConfigError(
-            "python-dotenv is not installed (needed for the env file); run: "
-            "python -m pip install -r requirements.txt"
-        ) from None
-    try:
-        with open(path, encoding="utf-8-sig") as stream:  # -sig: Notepad's byte-order mark
-            values = _parse_env(dotenv, stream, path)
-    except UnicodeDecodeError:
-        raise ConfigError(f"env file {path} is not UTF-8 text; save it as UTF-8") from None
-    except OSError as error:
-        raise ConfigError(f"env file {path} cannot be read ({error.strerror}); check its owner") from None
-    from_file = {key: value for key, value in values.items() if value is not None}
-    return {**from_file, **environ}, str(path)
-
-
-class _EnvFileProblems(logging.Handler):
-    """python-dotenv's complaints about lines it cannot parse, kept for one message."""
-
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
-def _parse_env(dotenv, stream, path: Path) -> dict[str, str | None]:
-    problems = _EnvFileProblems()
-    dotenv_log = logging.getLogger("dotenv.main")
-    dotenv_log.addHandler(problems)
-    propagate, dotenv_log.propagate = dotenv_log.propagate, False
-    try:
-        values = dotenv.dotenv_values(stream=stream, interpolate=False)
-    finally:
-        dotenv_log.removeHandler(problems)
-        dotenv_log.propagate = propagate
-    if problems.lines:
-        line = re.search(r"line (\d+)", problems.lines[0])
-        where = f"line {line.group(1)}" if line else "a line"
-        raise ConfigError(
-            f"env file {path}: {where} is not KEY=value ({len(problems.lines)} such lines); "
-            "fix it (see clever_export.env.example)"
-        )
-    return values
-
-
-def write_demo_db(path: Path) -> int:
-    """--demo-db: the sample data as a SQLite file, for --sqlite trials."""
-    if path.exists():
-        raise ConfigError(f"{path} already exists; remove it or choose another --demo-db path")
-    source = connect_demo()
-    try:
-        target = sqlite3.connect(path)
-        source.backup(target)
-        target.close()
-    except (sqlite3.Error, OSError) as error:
-        raise ConfigError(f"cannot write {path}: {error}") from None
-    finally:
-        source.close()
-    print(f"wrote the demo data to {path}; try: python clever_export.py --sqlite {path} --no-upload")
-    return EXIT_OK
-
-
-class Terminated(BaseException):
-    """SIGTERM: a service manager stopping the job, or kill."""
-
-
-def _raise_terminated(signum, frame) -> None:
-    # One is enough: a second SIGTERM (a process group signalled twice) must not
-    # interrupt the clean-up the first one started.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise Terminated()
-
-
-def check_modes(args: argparse.Namespace) -> None:
-    """One mode per run, and each flag with the mode it belongs to: checked before anything."""
-    modes = [flag for flag, chosen in (
-        ("--demo", args.demo), ("--demo-db", args.demo_db is not None), ("--check", args.check),
-        ("--show-host-key", args.show_host_key), ("--status", args.status),
-    ) if chosen]  # fmt: skip
-    if len(modes) > 1:
-        raise ConfigError(f"choose one of {' and '.join(modes)}")
-    if args.demo and args.sqlite:
-        raise ConfigError("--demo uses its own sample data; leave out --sqlite")
-    if args.max_age is not None:
-        if not args.status:
-            raise ConfigError("--max-age goes with --status")
-        finite_number(args.max_age, "--max-age", 0, 24 * 366)
-
-
-def is_nightly(args: argparse.Namespace) -> bool:
-    """A run whose outcome --status reports: an upload, not an admin's trial."""
-    return not (
-        args.status or args.demo_db is not None or args.demo or args.check or args.show_host_key
-        or args.dry_run or args.no_upload
-    )  # fmt: skip
+    check_own_files(options, args)
+    return options
 
 
 def lock_path_of(args: argparse.Namespace) -> Path:
@@ -3422,115 +3677,258 @@ def lock_path_of(args: argparse.Namespace) -> Path:
     )
 
 
-def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> int:
-    """Run the command line; return the exit code. The one place failures become codes."""
-    _SECRETS.clear()  # this run's secrets only
-    environ = dict(os.environ if environ is None else environ)
-    args = None
-    recent = None
-    record: RunRecord | None = None
-    lock: RunLock | None = None
-    code = EXIT_BUG
-    previous_handler = None
-    if threading.current_thread() is threading.main_thread():
-        previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
+def check_own_files(options: RunOptions, args: argparse.Namespace) -> None:
+    """The files a run writes are not the files it reads or keeps, nor each other,
+    compared as files (a link, '//', or another spelling is the same file)."""
+    output_flag = "--output" if args.output else "output.file_name"
+    written = {
+        output_flag: options.output_path,
+        "--state-file": options.state_path,
+        "--log-file": options.log_path,
+        "--lock-file": options.lock_path,
+    }
+    key_file = options.settings.values.get("D118_SFTP_KEY_FILE", "").strip()
+    kept = {
+        "the script": Path(__file__),
+        "--known-hosts": options.known_hosts_path,
+        "the env file": options.settings.env_file,
+        "--config": beside_script(args.config) if args.config else None,
+        "--sqlite": options.sqlite_path,
+        "D118_SFTP_KEY_FILE": beside_script(key_file) if key_file else None,
+        "the import check's copy": options.sent_copy_path,
+        "requirements.txt": SCRIPT_DIR / "requirements.txt",
+        "the demo data": DEMO_SEED_FILE,
+        **{
+            f"a rotated log ({options.log_path.name}.{n})": Path(f"{options.log_path}.{n}")
+            for n in range(1, LOG_BACKUPS + 1)
+        },
+    }
+    for flag, path in written.items():
+        # Replaced by rename: a device or folder there (--output /dev/null as root) would be destroyed.
+        if flag != "--log-file" and path.exists() and not path.is_file():
+            raise ConfigError(f"{flag} {path} exists and is not a regular file; choose a file path")
+        if flag == "--log-file" and path.is_dir():
+            raise ConfigError(
+                f"--log-file {path} is a folder; give a file path such as {path / 'clever_export.log'}"
+            )
+        for parent in path.parents:
+            if parent.exists() and not parent.is_dir():
+                raise ConfigError(f"{flag} {path} cannot be created: {parent} is a file, not a folder")
+    flags = list(written.items())
+    for at, (flag, path) in enumerate(flags):
+        for other, other_path in flags[at + 1 :]:
+            if same_file(path, other_path):
+                raise ConfigError(f"{flag} and {other} are the same file {path}; give each its own")
+        for what, kept_path in kept.items():
+            if kept_path is not None and same_file(path, kept_path):
+                raise ConfigError(
+                    f"{flag} {path} is {what}, which the run would overwrite; choose another path"
+                )
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: resolved (links, '..', '//'), and by identity where both exist."""
+    with contextlib.suppress(OSError):
+        if os.path.samefile(a, b):
+            return True
+    return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
+
+
+def write_demo_db(path: Path) -> int:
+    """--demo-db: the sample data as a SQLite file (mode 600), for --sqlite trials."""
+    if path.exists():
+        raise ConfigError(f"{path} already exists; remove it or choose another --demo-db path")
+    source = connect_demo()
     try:
+        make_folder(path, "--demo-db")
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, OWNER_ONLY))
+        narrow_to_owner(path)
+        target = sqlite3.connect(path)
+        source.backup(target)
+        target.close()
+    except (sqlite3.Error, OSError) as error:
+        raise ConfigError(f"cannot write {path}: {foreign_text(error)}") from None
+    finally:
+        source.close()
+    command = [
+        Path(sys.executable).name if os.name == "nt" else "python3",
+        Path(__file__).name,
+        "--sqlite",
+        str(path),
+        "--no-upload",
+    ]
+    print(f"wrote the demo data to {path}; try: {shell_command(command)}")
+    return EXIT_OK
+
+
+def shell_command(words: list[str]) -> str:
+    """A command quoted for pasting into this platform's shell (cmd/PowerShell or sh)."""
+    if os.name == "nt":
+        return subprocess_list2cmdline(words)
+    return shlex.join(words)
+
+
+def subprocess_list2cmdline(words: list[str]) -> str:
+    import subprocess
+
+    return subprocess.list2cmdline(words)
+
+
+# --- Signals -------------------------------------------------------------------
+
+
+class Terminated(BaseException):
+    """SIGTERM: a service manager stopping the job, or kill."""
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises Terminated for this call of main(), then the old handler is back."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminated(signum, frame) -> None:
+        # One is enough: a second SIGTERM (a process group signalled twice) must not
+        # interrupt the clean-up the first one started.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# --- main: the one place failures become exit codes ----------------------------
+
+
+class Outcome(NamedTuple):
+    code: int
+    message: str  # the one line on stderr, in the log, the ping and --status
+    alert: bool = True  # a fail ping and notification (not for a run the lock turned away)
+    traceback: bool = False  # a bug: the log keeps the traceback
+
+
+def failure_outcome(error: BaseException) -> Outcome:
+    """Every failure's exit code, message and whether it alerts: the one policy."""
+    if isinstance(error, ExportError):
+        return Outcome(error.exit_code, str(error), alert=not isinstance(error, LockedError))
+    if isinstance(error, KeyboardInterrupt):
+        return Outcome(EXIT_INTERRUPTED, "interrupted")
+    if isinstance(error, Terminated):
+        return Outcome(EXIT_TERMINATED, "terminated (SIGTERM); nothing more was uploaded")
+    if isinstance(error, ModuleNotFoundError):
+        return Outcome(
+            EXIT_CONFIG,
+            f"the Python module {error.name} is missing; run the script with the venv's python, or "
+            "install the requirements: python -m pip install -r requirements.txt",
+        )
+    return Outcome(
+        EXIT_BUG,
+        f"unexpected error: {type(error).__name__}: {foreign_text(error)} "
+        "(a bug: the log has the traceback; please report it)",
+        traceback=True,
+    )
+
+
+class Invocation:
+    """One call of main(): what the failure path and the run record need to know."""
+
+    def __init__(self, environ: dict[str, str], stack: contextlib.ExitStack):
+        self.environ, self.stack = environ, stack
+        self.args: argparse.Namespace | None = None
+        self.mode: Mode | None = None
+        self.options: RunOptions | None = None
+        self.recent: RecentLines | None = None
+        self.lock: RunLock | None = None
+        self.state: State | None = None
+        self.record: RunRecord | None = None  # a nightly run's, for --status
+
+    def run(self, argv: list[str] | None) -> int:
+        self.args = args = build_parser().parse_args(argv)
+        self.mode = mode = mode_of(args)
+        if mode is Mode.NIGHTLY:
+            self.record = RunRecord(started=now_text())  # for --status, whatever stops the run
+        if mode is Mode.STATUS:
+            return show_status(beside_script(args.state_file), lock_path_of(args), args.max_age)
+        if mode is Mode.DEMO_DB:
+            return write_demo_db(beside_script(args.demo_db))
+        self.options = options = resolve_options(args, mode, self.environ)
+        self.recent = setup_logging(options.log_path, options.verbose, options.quiet)
+        if mode is Mode.SHOW_HOST_KEY:
+            return show_host_key(options)
+        if mode is Mode.CHECK:
+            return run_check(options)
+        if mode is Mode.NOTIFY_TEST:
+            return send_test_notification(options)
+        # From here the run holds the lock: a run refused by it touches nothing,
+        # and the state file is only ever written by the lock's holder.
+        self.lock = self.stack.enter_context(RunLock(options.lock_path))
+        self.state = State.load(options.state_path)
+        if self.record is not None:
+            self.state.running = self.record.started
+            self.state.save_or_warn(True, "could not record this run for --status")
+        ping(options.ping_url, "/start")
+        summary = run_export(options, self.state, self.record or RunRecord(started=now_text()))
+        ping(options.ping_url, "", "\n".join(self.recent.lines))
+        if options.notify_success:
+            notify(options, EXIT_OK, summary.line(0).rpartition(",")[0])
+        return EXIT_OK
+
+    def fail(self, error: BaseException) -> int:
+        outcome = failure_outcome(error)
+        if LOG.handlers:
+            LOG.error("%s", outcome.message, exc_info=outcome.traceback)
+        else:  # logging not set up yet (a bad flag, an unwritable log)
+            print(f"ERROR: {escape_text(outcome.message)}", file=sys.stderr)
+        if self.record is not None:
+            self.record.message = escape_text(outcome.message)[:500]
+        if outcome.alert and self.mode not in (Mode.CHECK, Mode.SHOW_HOST_KEY, Mode.STATUS, None):
+            ping_url = self.options.ping_url if self.options else self.args.ping_url
+            ping(ping_url, "/fail", "\n".join(self.recent.lines) if self.recent else outcome.message)
+            if self.options is not None:
+                notify(self.options, outcome.code, outcome.message)
+        return outcome.code
+
+    def finish(self, code: int) -> None:
+        """Record a nightly run's outcome for --status, holding the lock (never a locked-out run's)."""
+        if self.record is None or code == EXIT_LOCKED:
+            return
+        if self.lock is None:  # failed before taking it (a setting): take it to record, or leave it be
+            with contextlib.suppress(ExportError):
+                self.lock = self.stack.enter_context(RunLock(lock_path_of(self.args)))
+            if self.lock is None:
+                return
+        state = self.state or State.load(beside_script(self.args.state_file))
+        self.record.finished, self.record.exit_code = now_text(), code
+        self.record.message = self.record.message or (
+            "succeeded" if code == EXIT_OK else EXIT_CODES.get(code, "")
+        )
+        state.last_run, state.running = self.record, ""
+        state.save_or_warn(code != EXIT_OK, "could not record this run for --status")
+
+
+def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    _SECRETS.clear()  # this run's secrets only
+    with contextlib.ExitStack() as stack:
+        stack.callback(close_logging)
+        stack.enter_context(sigterm_raises())
+        invocation = Invocation(dict(os.environ if environ is None else environ), stack)
         try:
-            args = build_parser().parse_args(argv)
-            check_modes(args)
-            if is_nightly(args):
-                record = RunRecord(started=now_text())  # for --status, whatever stops the run
-            if args.status:
-                return show_status(beside_script(args.state_file), args.max_age)
-            if args.demo_db is not None:
-                return write_demo_db(beside_script(args.demo_db))
-            check_own_files(args)
-            recent = setup_logging(beside_script(args.log_file), args.verbose, args.quiet)
-            environ, env_source = read_env_file(args.env_file, environ)
-            if args.oracle_client:
-                environ["ORACLE_CLIENT_LIB_DIR"] = args.oracle_client
-            options = resolve_options(args, load_profile(beside_script(args.config) if args.config else None))
-            options.env_source = env_source
-            if args.show_host_key:
-                return show_host_key(options, environ)
-            if args.check:
-                return run_check(options, environ)
-            # From here the run holds the lock: a run refused by it touches nothing,
-            # and the state file is only ever written by the lock's holder.
-            lock = RunLock(options.lock_path).__enter__()
-            if record is not None:
-                record_start(options.state_path, record)
-            ping(args.ping_url, "/start")
-            run_export(options, environ, record or RunRecord(started=now_text()))
-            ping(args.ping_url, "", "\n".join(recent.lines))
-            code = EXIT_OK
+            code = invocation.run(argv)
         except SystemExit as exit_request:  # --help and --version
             return int(exit_request.code or 0)
-        except ExportError as error:
-            code = error.exit_code
-            _report_failure(str(error), args, recent, send_ping=not isinstance(error, LockedError))
-            if record is not None:
-                record.message = escape_text(str(error))[:500]
-        except KeyboardInterrupt:
-            code = EXIT_INTERRUPTED
-            _report_failure("interrupted", args, recent)
-        except Terminated:
-            code = EXIT_TERMINATED
-            _report_failure("terminated (SIGTERM); nothing more was uploaded", args, recent)
-        except ModuleNotFoundError as error:
-            code = EXIT_CONFIG
-            _report_failure(
-                f"the Python module {error.name} is missing; run the script with the venv's python, or "
-                "install the requirements: python -m pip install -r requirements.txt",
-                args,
-                recent,
-            )
         except BrokenPipeError:  # --status | head: the reader left; nothing to report
             with contextlib.suppress(OSError):
                 sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the interpreter's final flush)
             return EXIT_OK
-        except Exception as error:
-            code = EXIT_BUG
-            _report_failure(
-                f"unexpected error: {type(error).__name__}: {escape_text(_first_line(error))} "
-                "(a bug: the log has the traceback; please report it)",
-                args,
-                recent,
-                with_traceback=True,
-            )
-        if record is not None and code != EXIT_LOCKED:
-            if lock is None:  # failed before taking it (a setting): take it to record, or leave it be
-                with contextlib.suppress(ExportError):
-                    lock = RunLock(lock_path_of(args)).__enter__()
-            if lock is not None:
-                record.finished, record.exit_code = now_text(), code
-                record.message = record.message or (
-                    "succeeded" if code == EXIT_OK else EXIT_CODES.get(code, "")
-                )
-                record_run(beside_script(args.state_file), record)
+        except BaseException as error:
+            code = invocation.fail(error)
+        invocation.finish(code)
         return code
-    finally:
-        if lock is not None:
-            lock.__exit__(None, None, None)
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
-        close_logging()
-
-
-def _report_failure(
-    message: str, args, recent: RecentLines | None, with_traceback: bool = False, send_ping: bool = True
-) -> None:
-    if not LOG.handlers:  # logging not set up yet (bad flag, unwritable log)
-        print(f"ERROR: {escape_text(redact(message))}", file=sys.stderr)
-        return
-    LOG.error("%s", message, exc_info=with_traceback)
-    if (
-        send_ping
-        and args is not None
-        and getattr(args, "ping_url", None)
-        and not (args.check or args.show_host_key)
-    ):
-        ping(args.ping_url, "/fail", "\n".join(recent.lines) if recent else message)
 
 
 if __name__ == "__main__":

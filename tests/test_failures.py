@@ -655,7 +655,7 @@ def test_dry_run_without_the_current_values_table_warns_and_reports(app, db):
     path = drop_current_values(db([Student(1, fer=16), Student(2, fer=13)]))
     result = app.run("--sqlite", str(path), "--dry-run")
     assert result.returncode == 0, result.stderr
-    assert "dry run: nothing uploaded" in result.stdout and "active students: 2" in result.stdout
+    assert "dry run: nothing uploaded" in result.stdout and "exported students: 2" in result.stdout
     assert any("u_def_ext_students0" in w and "current_values.table" in w for w in warnings_in(result.log))
     assert app.output.read_bytes() == b"1\tN\tW\tN\n2\tN\tA\tN\n"
 

@@ -200,9 +200,12 @@ def test_row_to_line():
 
 
 def test_output_line_follows_the_columns():
-    letters = (ce.Letter("N", ""), ce.Letter("P", ""), ce.Letter("Y", ""))
-    assert ce.output_line("1014", letters, ce.OUTPUT_COLUMNS) == "1014\tN\tP\tY"
-    assert ce.output_line("1014", letters, ("Race", "student_number", "ELL")) == "P\t1014\tY"
+    assert ce.output_line("1014", ("N", "P", "Y"), ce.OUTPUT_COLUMNS) == "1014\tN\tP\tY"
+    assert ce.output_line("1014", ("P", "Y"), ("Race", "student_number", "ELL")) == "P\t1014\tY"
+
+
+def test_the_value_field_table_is_the_files_columns():
+    assert ce.OUTPUT_COLUMNS == ("student_number", *ce.VALUE_FIELDS)
 
 
 def test_lines_follow_the_profiles_column_order():
@@ -249,7 +252,7 @@ def test_one_row_per_studentrace_race_is_one_student():
         ]
 
     lines, summary, _ = export(WITH_DISTRICT_RACES, rows)
-    assert lines == ["7\tY\tM\tN"] and summary.active == 1 and summary.written == 1
+    assert lines == ["7\tY\tM\tN"] and summary.exported == 1 and summary.written == 1
 
 
 def test_two_students_under_one_number_are_written_once_if_they_agree_and_not_at_all_if_not():
@@ -264,7 +267,7 @@ def test_two_students_under_one_number_are_written_once_if_they_agree_and_not_at
     lines, summary, _ = export(ILLINOIS, rows)
     assert lines == ["5\tN\tW\tN"]
     assert summary.skipped == {"duplicate student_number with different values": 1}
-    assert summary.active == 1 and summary.written == 1
+    assert summary.exported == 1 and summary.written == 1
 
 
 def test_the_memo_is_bounded_and_every_student_is_still_counted():
@@ -276,7 +279,7 @@ def test_the_memo_is_bounded_and_every_student_is_still_counted():
     text = "".join(ce.export_lines([rows[:20], rows[20:]], mapper, False))
     lines = text.splitlines()
     assert text.endswith("\n") and len(lines) == 50 and len(mapper._memo) <= 3
-    assert summary.active == 50 and summary.blanks("Race") == 50
+    assert summary.exported == 50 and summary.blanks("Race") == 50
     assert sum(summary.reasons["Race"].values()) == 50 and summary.reasons["Race"]["unknown code x3"] == 7
 
 
@@ -285,7 +288,7 @@ def test_the_memo_is_bounded_and_every_student_is_still_counted():
 
 def test_changes_against_current_values():
     letters = (ce.Letter("N", ""), ce.Letter("M", ""), ce.Letter("N", ""))
-    fields = ce.VALUE_FIELDS
+    fields = tuple(ce.VALUE_FIELDS)
     assert ce.changed_fields(letters, ("N", "W", "N"), fields) == ("Race W \u2192 M",)
     assert ce.changed_fields(letters, ("N", " M ", "N"), fields) == ()
     blank_hispanic = (ce.Letter("", "unanswered (-1)"), ce.Letter("W", ""), ce.Letter("N", ""))
@@ -297,7 +300,7 @@ def test_changes_against_current_values():
 
 def test_a_current_value_cannot_start_a_log_line():
     letters = (ce.Letter("N", ""), ce.Letter("W", ""), ce.Letter("N", ""))
-    (change,) = ce.changed_fields(letters, ("N", "W\nERROR forged", "N"), ce.VALUE_FIELDS)
+    (change,) = ce.changed_fields(letters, ("N", "W\nERROR forged", "N"), tuple(ce.VALUE_FIELDS))
     assert change == "Race W\\x0aERROR forged \u2192 W"
 
 
@@ -313,7 +316,7 @@ def test_changed_only_writes_only_students_whose_values_differ():
 
     lines, summary, _ = export(ILLINOIS, rows, compare=True, changed_only=True)
     assert lines == ["2\tN\tM\tN", "3\tN\tW\tN"]
-    assert summary.changed == 2 and summary.active == 3 and summary.written == 2
+    assert summary.changed == 2 and summary.exported == 3 and summary.written == 2
     all_lines, summary, _ = export(ILLINOIS, rows, compare=True, changed_only=False)
     assert len(all_lines) == 3 and summary.changed == 2
 
@@ -329,7 +332,7 @@ def test_summary_counts_blanks_with_reasons():
     assert summary.blanks("Hispanic_Latino") == 1 and summary.blanks("Race") == 1
     report = summary.report()
     assert "blank, unanswered (-1): 1" in report and "blank, unknown code 99: 1" in report
-    assert "summary: written 2, skipped 0, active 2" in summary.line(1.5)
+    assert "summary: written 2, skipped 0, exported 2" in summary.line(1.5)
     assert "would change: not compared" in report
 
 
@@ -341,7 +344,7 @@ def test_summary_line_and_report_count_skips_by_reason():
     summary.skip("test-student name")
     summary.skip("no numeric student_number")
     assert summary.line(0.5) == (
-        "summary: written 3, skipped 3, active 3, blank Hispanic_Latino 0, blank Race 0, blank ELL 0, seconds 0.50"
+        "summary: written 3, skipped 3, exported 3, blank Hispanic_Latino 0, blank Race 0, blank ELL 0, seconds 0.50"
     )
     report = summary.report().splitlines()
     assert report[report.index("  skipped: 3") + 1 :][:2] == [

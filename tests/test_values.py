@@ -26,9 +26,9 @@ class Run:
     log: str
 
     def counts(self) -> tuple[int, int, int]:
-        """(written, skipped, active) from the summary line on stdout."""
+        """(written, skipped, exported) from the summary line on stdout."""
         found = re.findall(
-            r"^summary: written (\d+), skipped (\d+), active (\d+),", self.stdout, re.MULTILINE
+            r"^summary: written (\d+), skipped (\d+), exported (\d+),", self.stdout, re.MULTILINE
         )
         assert len(found) == 1, self.stdout
         return tuple(int(n) for n in found[0])
@@ -142,8 +142,10 @@ def test_1_changed_only_keeps_a_disagreeing_duplicate_out(db, export):
     assert run.counts() == (1, 1, 1)
 
 
-# The same number stored in different forms (' 1013 ' and 1013) does not arrive
-# as neighbours: the script finds those duplicates after the file is written.
+# The same number stored in different forms (' 1013 ' and 1013, a text column:
+# a SQLite trial's case, since PowerSchool's column is numeric) does not arrive
+# as neighbours: those students are found after the pass and get no line.
+FORMS = "student_number stored in different forms"
 
 
 def forms_db(db, numbers, **per_student):
@@ -153,50 +155,28 @@ def forms_db(db, numbers, **per_student):
     return raw_student_numbers(db([*students, Student(0)]), [*numbers, 1014])
 
 
-def test_1_one_number_in_different_forms_that_agree_gives_one_line(db, export):
-    run = export(forms_db(db, [1013, " 1013 ", "1013.0"], fer=[16, 16, 16]), "--dry-run")
-    # Text student numbers do not sort as numbers, so the line order is the database's.
-    assert run.code == 0 and sorted(run.data.splitlines()) == [b"1013\tN\tW\tN", b"1014\tN\tW\tN"]
-    assert run.counts()[:2] == (2, 0)
-
-
-def test_1_one_number_in_different_forms_is_counted_once(db, export):
-    run = export(forms_db(db, [1013, " 1013 ", "1013.0"], fer=[16, 16, 16]), "--dry-run")
-    assert run.counts() == (2, 0, 2)
-    assert "  Race: W 2" in run.stdout.splitlines()
-
-
-def test_1_one_number_in_different_forms_that_disagree_gives_no_line(db, export):
-    run = export(forms_db(db, [1013, " 1013 "], fer=[16, 14]), "--dry-run")
+@pytest.mark.parametrize("races", [[16, 16, 16], [16, 14, 16]], ids=["agreeing", "disagreeing"])
+def test_1_one_number_in_different_forms_gets_no_line_and_a_reason(db, export, races):
+    run = export(forms_db(db, [1013, " 1013 ", "1013.0"], fer=races), "--dry-run")
     assert run.code == 0 and run.data == b"1014\tN\tW\tN\n"
-    assert run.counts() == (1, 1, 1) and run.reasons()["skipped"] == {DUPLICATE: 1}
-    assert "1013" not in run.stderr and len(run.stderr.splitlines()) == 1
-
-
-def test_1_the_warning_for_different_forms_names_both_dcids(db, export):
-    run = export(forms_db(db, [1013, " 1013 "], fer=[16, 14]), "--dry-run")
+    assert run.counts() == (1, 1, 1) and run.reasons()["skipped"] == {FORMS: 1}
+    assert "  Race: W 1" in run.stdout.splitlines(), run.stdout  # the dropped lines count nowhere
+    assert "1013" not in run.stdout + run.stderr and len(run.stderr.splitlines()) == 1
     warnings = [line for line in run.log.splitlines() if " WARNING student 1013:" in line]
-    assert len(warnings) == 1 and "10001" in warnings[0] and "10002" in warnings[0], run.log
+    assert len(warnings) == 1 and FORMS in warnings[0], run.log
 
 
-def test_1_disagreeing_forms_count_nowhere_but_skipped(db, export):
-    run = export(forms_db(db, [1013, " 1013 "], fer=[16, 14]), "--dry-run")
-    assert "  Race: W 1" in run.stdout.splitlines(), run.stdout
-    assert "  would change: 1 of 1" in run.stdout.splitlines(), run.stdout
-
-
-def test_1_changed_only_keeps_disagreeing_forms_out(db, export):
+def test_1_changed_only_keeps_different_forms_out(db, export):
     database = forms_db(db, [1013, " 1013 "], fer=[16, 14], current=[("N", "W", "N"), None])
     run = export(database, "--changed-only")
     assert run.code == 0 and run.data == b"1014\tN\tW\tN\n"
-    assert run.counts()[1] == 1
 
 
 def test_1_a_number_beyond_64_bits_in_different_forms_is_still_one_student(db, export):
     number = "9" * 20
     run = export(forms_db(db, [number, f" {number} "], fer=[16, 14]), "--dry-run")
     assert run.code == 0 and run.data == b"1014\tN\tW\tN\n"
-    assert run.reasons()["skipped"] == {DUPLICATE: 1}
+    assert run.reasons()["skipped"] == {FORMS: 1}
 
 
 # --- 2. STUDENTRACE --------------------------------------------------------------------------
