@@ -1602,6 +1602,7 @@ class Summary:
     reasons: dict[str, collections.Counter] = dataclasses.field(default_factory=dict)
     other_reasons: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    blank_but_set: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
     def add(self, letters: Letters, students: int) -> None:
         self.exported += students
@@ -1650,6 +1651,8 @@ class Summary:
         lines.extend(f"    {reason}: {n}" for reason, n in self.skipped.most_common())
         if self.compared:
             lines.append(f"  would change: {self.changed} of {self.exported}")
+            held = ", ".join(f"{field} {self.blank_but_set[field]}" for field in self.fields)
+            lines.append(f"  blank here but set in PowerSchool (an import may not clear them): {held}")
         else:
             lines.append("  would change: not compared (no current_values table to compare with)")
         return "\n".join(lines)
@@ -1791,6 +1794,9 @@ def export_lines(batches: Iterable[list[tuple]], mapper: StudentMapper, changed_
             current = mapper.current_of(student.row)
             if mapper.import_check is not None:
                 mapper.import_check.see(number, current)
+            for field, letter, now in zip(mapper.fields, student.letters, current, strict=True):
+                if not letter.value and current_text(now):
+                    summary.blank_but_set[field] += 1  # a blank the import may not apply
             changes = changed_fields(student.letters, current, mapper.fields)
             if changes:
                 summary.changed += 1
@@ -2774,9 +2780,14 @@ def notify_targets(settings: Settings) -> list[str]:
 
 def target_shown(url: str) -> str:
     """What may be shown of a notification URL: its scheme and host (the rest holds credentials)."""
-    scheme, _, rest = url.partition("://")
-    host = rest.split("/", 1)[0].rpartition("@")[2].split("?", 1)[0]
-    return f"{escape_text(scheme)[:20]}://{escape_text(host)[:80]}" if rest else "a URL without ://"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        where = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    except ValueError:
+        where = ""
+    if not parts.scheme or "://" not in url:
+        return "a URL without ://"
+    return f"{escape_text(parts.scheme)[:20]}://{escape_text(where)[:80]}"
 
 
 def notify(options: RunOptions, code: int, message: str, test: bool = False) -> bool:
@@ -3200,7 +3211,7 @@ class Checklist:
         return result if result is not None else True
 
     def skip(self, label: str, reason: str) -> None:
-        print(f"[skip] {label}: {reason}")
+        print(f"[skip] {label} {reason}")
 
 
 def run_check(options: RunOptions) -> int:
@@ -3291,6 +3302,11 @@ def describe_settings(settings: Settings) -> None:
     print(f"settings: {settings.env_file or 'the process environment (no env file)'}")
     for name in sorted(settings.sources):
         print(f"  {name}: from {settings.sources[name]}")
+    targets = notify_targets(settings)
+    shown = (
+        ", ".join(target_shown(url) for url in targets) or "none (set CLEVER_NOTIFY: see README, Monitoring)"
+    )
+    print(f"notifications: {shown}")
     for name in settings.overridden:
         print(
             f"[WARN] {name}: the process environment overrides the env file's value (unset it, or remove the line)"

@@ -490,3 +490,68 @@ def openssh_server(tmp_path):
     yield OpenSsh(port, client_key, remote_dir, f"[127.0.0.1]:{port} {' '.join(host_public)}\n", user)
     process.terminate()
     process.wait(10)
+
+
+# --- A real SMTP server on loopback (aiosmtpd): STARTTLS and login required ------
+
+
+@pytest.fixture
+def smtp_server(tmp_path):
+    """Receives mail over STARTTLS with a login; .messages holds each message's text."""
+    import datetime
+    import ssl
+
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256())
+    )  # fmt: skip
+    (tmp_path / "smtp.crt").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "smtp.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "smtp.crt", tmp_path / "smtp.key")
+    messages: list[str] = []
+
+    class Handler:
+        async def handle_DATA(self, server, session, envelope):
+            messages.append(envelope.content.decode("utf-8", "replace"))
+            return "250 OK"
+
+    def authenticate(server, session, envelope, mechanism, auth_data):
+        good = (
+            isinstance(auth_data, LoginPassword)
+            and auth_data.login == b"alerts"
+            and auth_data.password == SMTP_PASSWORD.encode()
+        )
+        return AuthResult(success=good)
+
+    port = _free_port()
+    controller = Controller(
+        Handler(), hostname="127.0.0.1", port=port, tls_context=context, require_starttls=True,
+        authenticator=authenticate, auth_required=True, auth_require_tls=True,
+    )  # fmt: skip
+    controller.start()
+    controller.messages = messages
+    controller.url = (
+        f"mailtos://alerts:{SMTP_PASSWORD}@127.0.0.1:{port}?smtp=127.0.0.1&mode=starttls&verify=no"
+        "&from=clever@district.example&to=it@district.example"
+    )
+    yield controller
+    controller.stop()
+
+
+SMTP_PASSWORD = "Smtp-pa55word-never-printed"

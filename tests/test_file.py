@@ -20,8 +20,6 @@ def test_bytes_are_utf8_lf_tab_without_bom(tmp_path):
     assert not data.startswith(b"\xef\xbb\xbf") and b"\r" not in data
 
 
-
-
 def test_a_crash_mid_write_keeps_the_previous_file_and_leaves_no_temp(tmp_path):
     path = tmp_path / "out.txt"
     path.write_bytes(b"yesterday\n")

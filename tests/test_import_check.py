@@ -9,7 +9,7 @@ import sqlite3
 import time
 
 import pytest
-from conftest import Student, make_db, remote_names
+from conftest import Student, make_db, one_line, remote_names
 
 HOURS = 3600
 
@@ -73,8 +73,11 @@ def test_an_import_that_never_ran_exits_6_after_uploading(loop_app, sftp_server,
     age_last_upload(loop_app, 30)
     with sqlite3.connect(loop_app.db_path) as connection:  # tonight's data changed a little
         connection.execute("UPDATE s_il_stu_demographics_x SET fer = 13 WHERE studentsdcid = 10001")
-    result = loop_app.run(*loop_app.base_args, "--ping-url", ping_server.url)
+    alerts = {"CLEVER_NOTIFY": ping_server.url.replace("http://", "json://") + "/alert"}
+    result = loop_app.run(*loop_app.base_args, "--ping-url", ping_server.url, env=alerts)
     assert result.returncode == 6
+    (alert,) = [body for path, body in ping_server.pings if path.endswith("/alert")]
+    assert "exit 6 (PowerSchool did not import" in alert and "500000" not in alert
     line = result.stderr.strip()
     assert len(line.splitlines()) == 1 and "PowerSchool has not imported the upload of" in line
     assert "100 of 100 students still differ" in line and "check the AutoComm import" in line
@@ -154,3 +157,73 @@ def test_dry_run_shows_the_last_check(loop_app, sftp_server):
     assert result.returncode == 0
     assert "last import check:" in result.stdout and "100 of 100 students differed" in result.stdout
     assert "Hispanic_Latino differs" in result.stdout and "500000" not in result.stdout
+
+
+# --- Blanks: whether an AutoComm import of a blank clears a field is not settled ----
+
+
+@pytest.fixture
+def blank_app(loop_app, tmp_path):
+    """Ten of the hundred students are unanswered (FEDETHNICITY -1): sent blank."""
+    with sqlite3.connect(loop_app.db_path) as connection:
+        connection.execute("UPDATE students SET fedethnicity = -1 WHERE student_number < 500010")
+    return loop_app
+
+
+def import_keeping_old_values_for_blanks(db_path, sent: bytes, old="N", only=None):
+    """An import that leaves a field unchanged when it is sent blank (the old script's N stays)."""
+    import_file(db_path, sent, only=only)
+    with sqlite3.connect(db_path) as connection:
+        connection.execute(
+            f"UPDATE u_def_ext_students0 SET custom_ethnicity = '{old}' WHERE custom_ethnicity = ''"
+        )
+
+
+def test_blanks_applied_pass_quietly(blank_app, sftp_server):
+    sent = first_night(blank_app, sftp_server)
+    import_file(blank_app.db_path, sent)
+    age_last_upload(blank_app, 30)
+    result = blank_app.run(*blank_app.base_args)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert "blank not applied" not in result.log
+
+
+def test_blanks_not_applied_warn_once_and_never_exit_6(blank_app, sftp_server, ping_server):
+    sent = first_night(blank_app, sftp_server)
+    import_keeping_old_values_for_blanks(blank_app.db_path, sent)
+    age_last_upload(blank_app, 30)
+    result = blank_app.run(*blank_app.base_args, "--ping-url", ping_server.url)
+    assert result.returncode == 0, result.stderr
+    line = one_line(result.stderr)
+    assert "blank not applied: Hispanic_Latino 10 student fields sent blank still hold a value" in line
+    assert "5000" not in result.stderr  # the example student goes to the log only
+    assert (
+        "blank not applied, example: student 500000: Hispanic_Latino sent blank, PowerSchool has N"
+        in result.log
+    )
+    assert "import check: 0 of 100 students of the previous upload still differ" in result.log
+    assert all("50000" not in body for _, body in ping_server.pings)
+    status = blank_app.run("--status")
+    assert "0 of 100 students differed; Hispanic_Latino sent blank but still set: 10" in status.stdout
+
+
+def test_blanks_not_applied_beside_a_real_non_import_still_exit_6(blank_app, sftp_server):
+    sent = first_night(blank_app, sftp_server)
+    imported = {500_000 + i for i in range(80)}  # 20 students never imported
+    import_keeping_old_values_for_blanks(blank_app.db_path, sent, only=imported)
+    age_last_upload(blank_app, 30)
+    result = blank_app.run(*blank_app.base_args)
+    assert result.returncode == 6
+    assert "20 of 100 students still differ" in result.stderr
+    assert "blank not applied: Hispanic_Latino 10" in result.stderr
+
+
+def test_dry_run_counts_blanks_that_powerschool_still_holds(blank_app, sftp_server):
+    sent = first_night(blank_app, sftp_server)
+    import_keeping_old_values_for_blanks(blank_app.db_path, sent)
+    result = blank_app.run(*blank_app.base_args, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert (
+        "  blank here but set in PowerSchool (an import may not clear them): Hispanic_Latino 10, Race 0, ELL 0"
+        in result.stdout.splitlines()
+    ), result.stdout

@@ -205,7 +205,7 @@ def test_output_line_follows_the_columns():
 
 
 def test_the_value_field_table_is_the_files_columns():
-    assert ce.OUTPUT_COLUMNS == ("student_number", *ce.VALUE_FIELDS)
+    assert ("student_number", *ce.VALUE_FIELDS) == ce.OUTPUT_COLUMNS
 
 
 def test_lines_follow_the_profiles_column_order():

@@ -55,6 +55,7 @@ def profiles():
             "       D.FER STATE_RACE, X.LEP\nFROM STUDENTS S\n"
             "LEFT JOIN S_IL_STU_DEMOGRAPHICS_X D ON D.STUDENTSDCID = S.DCID\n"
             "LEFT JOIN S_IL_STU_X X ON X.STUDENTSDCID = S.DCID\nWHERE S.ENROLL_STATUS = 0;  -- ends like a script",
+            enroll_statuses=None,  # a query of its own, written before students.enroll_statuses
         ),
     )
 
@@ -87,3 +88,26 @@ def test_oracle_number_shapes_read_the_same(pg_db):
     # letters and numbers come out the same as from SQLite's ints and floats.
     postgres = pg_db([Student(1013, fedethnicity=1, fer=14, lep=1)])
     assert export_bytes(postgres, ce.Profile(), False) == b"1013\tY\tB\tY\n"
+
+
+# Pre-registered students (ENROLL_STATUS -1), exported where the profile says so.
+ENROLLED = [
+    Student(2001, fedethnicity=1, fer=16, lep=0),
+    Student(2002, enroll=-1, fedethnicity=0, fer=14, lep=1),  # pre-registered
+    Student(2003, enroll=-1, first="TEST", fer=16),  # a pre-registered test account
+    Student(2004, enroll=-1, fer=16),
+    Student(2004, enroll=-1, fer=13),  # a pre-registered duplicate that disagrees
+    Student(2005, enroll=2, fer=16),  # left the district
+]
+
+
+@pytest.mark.parametrize(
+    ("statuses", "expected"),
+    [(("0",), b"2001\tY\tW\tN\n"), (("0", "-1"), b"2001\tY\tW\tN\n2002\tN\tB\tY\n")],
+    ids=["active only (default)", "active and pre-registered"],
+)
+def test_enrollment_statuses_on_postgresql_and_sqlite(pg_db, tmp_path, statuses, expected):
+    profile = ce.dataclasses.replace(ce.Profile(), enroll_statuses=statuses)
+    sqlite = sqlite3.connect(make_db(tmp_path / "ps.sqlite", ENROLLED))
+    assert export_bytes(sqlite, profile, False) == expected
+    assert export_bytes(pg_db(ENROLLED), profile, False) == expected

@@ -460,7 +460,7 @@ def oracle_run(app, password: str):
     return app.run("--no-upload", "--timeout", "2", env=env, timeout=60)
 
 
-@pytest.mark.parametrize("password", ["e", "dragon"])
+@pytest.mark.parametrize("password", ["e", "dragon", "export"])
 def test_a_short_or_common_password_leaves_the_log_as_it_would_be(app, password):
     control = oracle_run(app, SECRET_DB_PASSWORD)
     result = oracle_run(app, password)
@@ -488,6 +488,54 @@ def test_a_common_word_password_is_hidden_where_a_message_carries_it(app):
     assert "dragon" not in result.everything()
     assert "Oracle 127.0.0.1:1/*** as psnavigator" in result.log
     assert "export started: profile Illinois" in result.log
+
+
+def test_a_traceback_in_the_log_is_redacted_too(monkeypatch, capsys, tmp_path, db):
+    def careless(*args, **kwargs):
+        raise RuntimeError(f"bug that prints {SECRET_DB_PASSWORD}")
+
+    monkeypatch.setattr(ce, "connect_sqlite", careless)
+    # The database password is registered because the run reads it (the DSN is
+    # only needed to be set: the source is SQLite, where the bug strikes).
+    environ = {**ORACLE_ENV, "POWERSCHOOL_PROD_DB": "127.0.0.1:1/PS"}
+    monkeypatch.setattr(ce, "run_export", _reads_database_settings_then(ce.run_export))
+    assert run_main(tmp_path, "--sqlite", str(db([Student(1)])), "--no-upload", environ=environ) == 1
+    log = tmp_path / "run.log"
+    captured = capsys.readouterr()
+    assert "Traceback" in log.read_text() and "bug that prints ***" in log.read_text()
+    assert SECRET_DB_PASSWORD not in captured.out + captured.err + log.read_text()
+
+
+def _reads_database_settings_then(run_export):
+    def wrapped(options, state, record):
+        ce.database_settings(options.settings.values)
+        return run_export(options, state, record)
+
+    return wrapped
+
+
+def test_secrets_are_redacted_even_if_a_message_carries_one(monkeypatch, capsys, tmp_path):
+    env = {**ORACLE_ENV, "POWERSCHOOL_PROD_DB": f"127.0.0.1:1/{SECRET_DB_PASSWORD}"}  # a careless DSN
+    log = tmp_path / "run.log"
+    assert run_main(tmp_path, "--no-upload", "--timeout", "5", environ=env) == 3
+    captured = capsys.readouterr()
+    assert SECRET_DB_PASSWORD not in captured.out + captured.err + log.read_text()
+    assert "***" in captured.err
+
+
+def test_the_database_password_is_registered_for_redaction_by_each_run(tmp_path):
+    # main() forgets earlier runs' secrets, so only this run's registration can pass this.
+    ce.register_secret("Some-other-runs-secret")
+    env = {**ORACLE_ENV, "POWERSCHOOL_PROD_DB": "127.0.0.1:1/PS"}
+    assert run_main(tmp_path, "--no-upload", "--timeout", "2", environ=env) == 3
+    assert ce.redact(f"x {SECRET_DB_PASSWORD} y") == "x *** y"
+    assert ce.redact("Some-other-runs-secret") == "Some-other-runs-secret"
+
+
+def test_database_settings_register_the_password():
+    ce._SECRETS.clear()
+    ce.database_settings({**ORACLE_ENV, "POWERSCHOOL_PROD_DB": "h:1/s"})
+    assert ce.redact(SECRET_DB_PASSWORD) == "***"
 
 
 # --- 7. A profile cannot aim the output at the script's own files -------------------------

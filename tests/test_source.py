@@ -189,3 +189,24 @@ def test_check_fails_when_studentrace_is_used_but_missing(app, db):
     assert "[ ok ] table students readable" in result.stdout
     assert any(line.startswith("[FAIL] table studentrace readable") for line in result.stdout.splitlines())
     assert any(line.startswith("[FAIL] nightly query runs") for line in result.stdout.splitlines())
+
+
+def test_pre_registered_students_are_exported_when_the_profile_says_so(app, db, tmp_path):
+    students = [Student(1, fer=16), Student(2, enroll=-1, fer=14), Student(3, enroll=-1, last="Test", fer=16)]
+    path = str(db(students))
+    assert app.run("--sqlite", path, "--no-upload").returncode == 0
+    assert app.output.read_bytes() == b"1\tN\tW\tN\n"
+    config = tmp_path / "pre.toml"
+    config.write_text("[students]\nenroll_statuses = [0, -1]\n")
+    result = app.run("--sqlite", path, "--no-upload", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert app.output.read_bytes() == b"1\tN\tW\tN\n2\tN\tB\tN\n"  # the test account is still skipped
+    assert "written 2, skipped 1" in result.stdout
+
+
+@pytest.mark.parametrize("statuses", ["[]", "['active']", "[0.5]"])
+def test_enroll_statuses_must_be_whole_numbers(app, tmp_path, statuses):
+    config = tmp_path / "bad.toml"
+    config.write_text(f"[students]\nenroll_statuses = {statuses}\n")
+    result = app.run("--demo", "--config", str(config))
+    assert result.returncode == 2 and "students.enroll_statuses" in result.stderr, result.stderr
