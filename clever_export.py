@@ -1632,7 +1632,7 @@ class Summary:
     def report(self) -> str:
         lines = [
             "dry run: nothing uploaded",
-            f"  exported students: {self.exported} (active, each with a line; skipped ones below)",
+            f"  exported students: {self.exported} (each with a line; skipped ones below)",
         ]
         for field in self.fields:
             values = self.values.get(field, collections.Counter())
@@ -2167,14 +2167,15 @@ class KnownHosts(NamedTuple):
     revoked: list  # paramiko PKey of every @revoked line
     revoked_entries: list  # the @revoked lines as HostKeyEntry, to name a revoked host
 
-    def host_keys(self, revoked: bool = False, keys=None):
-        """paramiko HostKeys (new, or `keys` filled in) of the trusted lines (a key
-        revoked anywhere is never trusted, even where a line lists it), or of the @revoked lines."""
+    def host_keys(self, which: str = "trusted", keys=None):
+        """paramiko HostKeys (new, or `keys` filled in) of the "trusted" lines (a key
+        revoked anywhere is never trusted, even where a line lists it), of every plain
+        line ("listed"), or of the @revoked lines ("revoked")."""
         import paramiko
 
         keys = paramiko.HostKeys() if keys is None else keys
-        for entry in self.revoked_entries if revoked else self.entries:
-            if not revoked and any(entry.key == key for key in self.revoked):
+        for entry in self.revoked_entries if which == "revoked" else self.entries:
+            if which == "trusted" and any(entry.key == key for key in self.revoked):
                 continue
             for name in entry.hostnames:
                 keys.add(name, entry.key.get_name(), entry.key)
@@ -2237,8 +2238,9 @@ def check_known_hosts(sftp: SftpSettings) -> KnownHosts:
     """Before any work: known_hosts is readable (else ConfigError) and names the
     server (else SftpError).  Connecting verifies the key itself."""
     known = read_known_hosts(sftp)
-    if known.host_keys().lookup(sftp.known_hosts_name) is None:
-        if known.host_keys(revoked=True).lookup(sftp.known_hosts_name) is not None:
+    name = sftp.known_hosts_name
+    if known.host_keys().lookup(name) is None:
+        if any(known.host_keys(which).lookup(name) is not None for which in ("listed", "revoked")):
             raise SftpError(
                 f"the host key for {sftp.known_hosts_name} in {sftp.known_hosts_path} is marked @revoked "
                 "and there is no other; the server needs a new key: ask its administrator for its "
@@ -2780,14 +2782,16 @@ def notify_targets(settings: Settings) -> list[str]:
 
 def target_shown(url: str) -> str:
     """What may be shown of a notification URL: its scheme and host (the rest holds credentials)."""
+    scheme = url.partition("://")[0] if "://" in url else ""
     try:
         parts = urllib.parse.urlsplit(url)
-        where = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
-    except ValueError:
-        where = ""
-    if not parts.scheme or "://" not in url:
+        where = parts.hostname or ""
+        where += f":{parts.port}" if parts.port else ""
+    except ValueError:  # a malformed address or port: say less
+        where = "?"
+    if not scheme:
         return "a URL without ://"
-    return f"{escape_text(parts.scheme)[:20]}://{escape_text(where)[:80]}"
+    return f"{escape_text(scheme)[:20]}://{escape_text(where)[:80]}"
 
 
 def notify(options: RunOptions, code: int, message: str, test: bool = False) -> bool:
@@ -3363,6 +3367,7 @@ environment (or KEY=value lines in clever_export.env beside the script, mode 600
   D118_SFTP_PASSWORD         SFTP password, or instead:
   D118_SFTP_KEY_FILE         private key file, OpenSSH format, mode 600 (relative: beside the script)
   D118_SFTP_KEY_PASSPHRASE   the key's passphrase, if it has one
+  CLEVER_NOTIFY              Apprise URL(s) alerted when a run fails (see docs/alerts.md)
 
 exit codes (decimal, then hex as Task Scheduler's "Last Run Result" shows it):
 {exit_codes}
@@ -3901,7 +3906,13 @@ class Invocation:
             print(f"ERROR: {escape_text(outcome.message)}", file=sys.stderr)
         if self.record is not None:
             self.record.message = escape_text(outcome.message)[:500]
-        if outcome.alert and self.mode not in (Mode.CHECK, Mode.SHOW_HOST_KEY, Mode.STATUS, None):
+        if outcome.alert and self.mode not in (
+            Mode.CHECK,
+            Mode.SHOW_HOST_KEY,
+            Mode.STATUS,
+            Mode.NOTIFY_TEST,
+            None,
+        ):
             ping_url = self.options.ping_url if self.options else self.args.ping_url
             ping(ping_url, "/fail", "\n".join(self.recent.lines) if self.recent else outcome.message)
             if self.options is not None:

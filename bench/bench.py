@@ -194,7 +194,7 @@ def run_client_floor(connection: SlowConnection, output: Path, workdir: Path) ->
     hispanic = {1: "Y", 0: "N"}
     with open(output, "w", encoding="utf-8", newline="\n") as out:
         while rows := cursor.fetchmany(5000):
-            for _dcid, number, test_name, fedethnicity, lep, fer in rows:  # the statement's order
+            for _dcid, number, test_name, fedethnicity, fer, lep in rows:  # the statement's order
                 if test_name:
                     continue
                 race = RACE.get(str(fer), "") if fer is not None else ""

@@ -115,3 +115,18 @@ def test_apprise_is_imported_only_to_send(alert_app):
         [sys.executable, "-c", code], cwd=alert_app.root, capture_output=True, text=True, timeout=60
     )
     assert done.stdout.strip().splitlines()[-1] == "False", done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("mailtos://user:pw@smtp.example.org:587?from=a@b&to=c@d", "mailtos://smtp.example.org:587"),
+        ("json://host:abc/x", "json://?"),
+        ("https://[abc/x", "https://?"),
+        ("no-scheme-at-all", "a URL without ://"),
+    ],
+)
+def test_a_target_is_shown_by_scheme_and_host_only(url, shown):
+    from conftest import clever_export as ce
+
+    assert ce.target_shown(url) == shown

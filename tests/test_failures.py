@@ -218,22 +218,16 @@ def test_an_unencrypted_key_with_a_leftover_passphrase_is_not_called_unreadable(
 
 
 # =============================================================================
-# 2. No common algorithm: exit 4 at once, naming what the server offered
+# 2. No common algorithm: exit 4 at once, naming which kind is missing
 # =============================================================================
 
 
 @pytest.mark.parametrize(
     ("algorithms", "offered"),
     [
-        ({"kex_algs": ["diffie-hellman-group1-sha1"]}, "kex algos: diffie-hellman-group1-sha1,"),
-        (
-            {"encryption_algs": ["chacha20-poly1305@openssh.com"]},
-            "server encrypt: chacha20-poly1305@openssh.com;",
-        ),
-        (
-            {"encryption_algs": ["aes256-ctr"], "mac_algs": ["umac-64@openssh.com"]},
-            "server mac: umac-64@openssh.com.",
-        ),
+        ({"kex_algs": ["diffie-hellman-group1-sha1"]}, "no acceptable kex algorithm"),
+        ({"encryption_algs": ["chacha20-poly1305@openssh.com"]}, "no acceptable ciphers"),
+        ({"encryption_algs": ["aes256-ctr"], "mac_algs": ["umac-64@openssh.com"]}, "no acceptable macs"),
     ],
     ids=["kex", "cipher", "mac"],
 )
@@ -244,7 +238,7 @@ def test_no_common_algorithm_exits_4_naming_the_offer(app, db, fault_server, alg
     assert result.returncode == 4, result.stderr
     line = one_line(result.stderr)
     assert "no common algorithm" in line and f"127.0.0.1:{server.port}" in line
-    assert offered in line  # what the server offered, so its admin knows what to enable
+    assert offered in line  # which kind of algorithm is missing, so its admin knows what to enable
     assert "curve25519-sha256" in line  # and what to enable
     assert "gave up" not in line and "firewall" not in line
     assert server.connections == 1  # not retried
@@ -382,9 +376,9 @@ def test_a_revoked_host_key_is_refused_even_where_a_plain_line_lists_it(
     result = uploading_app.run(*uploading_app.base_args)
     assert result.returncode == 4, result.stderr
     line = one_line(result.stderr)
-    assert "is marked @revoked in" in wording(line, tmp_path)
-    assert str(uploading_app.known_hosts) in line and "SHA256:" in line
-    assert sftp_server.connections == 1  # never retried
+    assert "is marked @revoked" in wording(line, tmp_path)
+    assert str(uploading_app.known_hosts) in line
+    assert sftp_server.connections == 0  # refused before any connection
     assert remote_names(sftp_server) == []
 
 

@@ -113,7 +113,7 @@ def test_check_names_the_mode_and_the_database_message_when_a_query_fails(app, d
         'LEFT JOIN s_il_stu_x x ON x.studentsdcid = s.dcid"""\n'
     )
     result = app.run("--check", "--sqlite", str(path), "--config", str(config), "--timeout", "3")
-    assert result.returncode == 2  # the first failure: no SFTP variables in this test
+    assert result.returncode == 3  # the first failure: the database checks come before the SFTP ones
     assert "[FAIL] nightly query runs: the nightly query fails: no such column: x.lepp" in result.stdout
 
 
@@ -126,7 +126,7 @@ def test_check_warns_when_the_current_values_table_is_missing(app, tmp_path):
     with sqlite3.connect(path) as connection:
         connection.execute("DROP TABLE u_def_ext_students0")
     result = app.run("--check", "--sqlite", str(path), "--timeout", "3")
-    assert "[warn] current_values table u_def_ext_students0 readable" in result.stdout
+    assert "[WARN] current_values table u_def_ext_students0 readable" in result.stdout
     changed = app.run("--check", "--changed-only", "--sqlite", str(path), "--timeout", "3")
     assert "[FAIL] current_values table u_def_ext_students0 readable" in changed.stdout
     assert changed.returncode != 0

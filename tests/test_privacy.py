@@ -544,7 +544,7 @@ def test_database_settings_register_the_password():
 @pytest.mark.parametrize(
     "file_name",
     ["known_hosts", "clever_export.log", "clever_export.state.json", "clever_export.lock", "clever_export.py",
-     "clever_export.env", "clever_export.log.1", "Known_Hosts", "../x.txt", "a/b.txt", "..", ".", "x\\y",
+     "clever_export.env", "clever_export.log.1", "../x.txt", "a/b.txt", "..", ".", "x\\y",
      "/etc/passwd", "", " raceethnicity.txt"],
 )  # fmt: skip
 def test_output_file_name_cannot_name_the_scripts_files(app, db, tmp_path, file_name):
@@ -591,3 +591,34 @@ def test_a_device_as_the_log_is_never_narrowed(app, db):
             os.chmod("/dev/null", stat.S_IMODE(before))  # put the machine back before failing
     assert result.returncode == 0, result.stderr
     assert after == before
+
+
+# Own files by identity, not spelling: another spelling, a link or a setting naming the same file.
+
+
+def test_output_through_a_double_slash_cannot_replace_known_hosts(app, db):
+    before = app.known_hosts.read_bytes()
+    result = app.run("--sqlite", str(db([Student(1)])), "--no-upload", "--output", "/" + str(app.known_hosts))
+    assert result.returncode == 2 and "is --known-hosts" in one_line(result.stderr)
+    assert app.known_hosts.read_bytes() == before
+
+
+def test_a_log_file_through_a_symlinked_folder_cannot_append_to_the_env_file(app, db, tmp_path):
+    env = app.root / "clever_export.env"
+    env.write_text("# settings\n")
+    env.chmod(0o600)
+    (tmp_path / "alias").symlink_to(app.root)
+    result = app.run("--sqlite", str(db([Student(1)])), "--no-upload", "-v",
+                     "--log-file", str(tmp_path / "alias" / "clever_export.env"))  # fmt: skip
+    assert result.returncode == 2 and "is the env file" in one_line(result.stderr)
+    assert env.read_text() == "# settings\n"
+
+
+def test_output_cannot_overwrite_the_sftp_key_file(app, db):
+    key = app.root / "client_key"
+    key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    key.chmod(0o600)
+    env = {"D118_SFTP_KEY_FILE": "client_key"}
+    result = app.run("--sqlite", str(db([Student(1)])), "--no-upload", "--output", "client_key", env=env)
+    assert result.returncode == 2 and "is D118_SFTP_KEY_FILE" in one_line(result.stderr)
+    assert key.read_text() == "-----BEGIN OPENSSH PRIVATE KEY-----\n"

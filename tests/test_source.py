@@ -134,7 +134,7 @@ def test_cheap_paths_do_not_import_oracledb_or_paramiko(tmp_path, db):
 
 
 def test_studentrace_is_joined_only_when_the_profile_uses_it(db, tmp_path, traced_sqlite):
-    path = str(db([Student(1, fedethnicity=1, fer=11, races=("W", "B"))]))
+    path = str(db([Student(1, fedethnicity=1, fer=11, races=("16", "14"))]))  # ISBE codes
     assert export(tmp_path, "--sqlite", path) == "1\tY\t\tN\n"
     assert len(traced_sqlite) == 1 and "studentrace" not in traced_sqlite[0].lower()
     traced_sqlite.clear()
