@@ -820,6 +820,77 @@ class RedactTracebacks(logging.Filter):
         return True
 
 
+# --- Stopping at a safe point --------------------------------------------------
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGINT, acted on at a safe point (a BaseException: no handler swallows it)."""
+
+    def __init__(self, signum: int, uploaded: bool = False):
+        super().__init__(signum)
+        self.signum, self.uploaded = signum, uploaded
+
+
+class StopRequest:
+    """SIGTERM and SIGINT only record the request; the run stops at its next safe
+    point (stop_point).  A call blocked on the network is cut by shutting its
+    socket after STOP_GRACE seconds, so a run ends within --timeout and a few
+    seconds; a rename on the server (deferred) is never cut in the middle."""
+
+    GRACE_SECONDS = 2.0
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.deferred = 0
+        self.sockets: list[socket.socket] = []  # the SFTP connection now open, to cut
+        self.wake = threading.Event()  # set by a signal: ends a wait between retries
+
+    def request(self, signum: int, frame=None) -> None:
+        if self.signum is not None:  # the first one counts; a second changes nothing
+            return
+        self.signum = signum
+        self.wake.set()
+        threading.Thread(target=self._cut_when_stuck, name="stop-watchdog", daemon=True).start()
+
+    def _cut_when_stuck(self) -> None:
+        time.sleep(self.GRACE_SECONDS)
+        while self.deferred:  # a rename on the server finishes first (bounded by --timeout)
+            time.sleep(0.05)
+        for sock in list(self.sockets):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def check(self, uploaded: bool = False) -> None:
+        """A safe point: raise Terminated if a stop was asked for (and nothing is deferred)."""
+        if self.signum is not None and not self.deferred:
+            raise Terminated(self.signum, uploaded)
+
+    @contextlib.contextmanager
+    def deferred_section(self) -> Iterator[None]:
+        """Work that must finish once started (the swap on the server)."""
+        self.deferred += 1
+        try:
+            yield
+        finally:
+            self.deferred -= 1
+
+    @contextlib.contextmanager
+    def handling_signals(self) -> Iterator[None]:
+        """SIGTERM and SIGINT recorded for this call of main(), then the old handlers back."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {signum: signal.signal(signum, self.request) for signum in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+STOP = StopRequest()  # main() starts each run with a new one
+
+
 # =============================================================================
 # Source: one query per run, streamed
 # =============================================================================
@@ -2335,8 +2406,12 @@ def open_sftp(sftp: SftpSettings, login: SftpLogin):
     known.host_keys(keys=client.get_host_keys())
     client.set_missing_host_key_policy(_KnownHostsOnly())
     try:
+        # Our own socket, known before the handshake: a stop can cut a server that hangs at any step.
+        sock = socket.create_connection((sftp.host, sftp.port), timeout=sftp.timeout)
+        STOP.sockets.append(sock)
         client.connect(
             sftp.host,
+            sock=sock,
             port=sftp.port,
             username=sftp.username,
             password=sftp.password.reveal() if sftp.password else None,
@@ -2351,9 +2426,17 @@ def open_sftp(sftp: SftpSettings, login: SftpLogin):
         session = client.open_sftp()
         session.get_channel().settimeout(sftp.timeout)
     except BaseException as error:
-        client.close()
+        close_sftp(client)
         raise sftp_failure(error, sftp, known) from None
     return client, session
+
+
+def close_sftp(client) -> None:
+    """Close the connection and its socket (our own, given to connect): one connection at a time."""
+    client.close()
+    for sock in STOP.sockets:
+        sock.close()
+    STOP.sockets.clear()
 
 
 class RemoteWriteRefused(Exception):
@@ -2398,6 +2481,11 @@ def sftp_failure(
             f"no common algorithm with {where} ({foreign_text(error)}); ask its administrator to "
             "enable a current one (e.g. curve25519-sha256, ssh-ed25519, aes256-ctr, hmac-sha2-256)"
         )
+    if isinstance(error, paramiko.sftp.SFTPError) and "garbage packet" in str(error).lower():
+        return SftpError(
+            f"the server {where} printed text into the SFTP session (a login script such as .bashrc "
+            f"echoing for non-interactive logins); make it silent for {sftp.username}"
+        )
     if isinstance(error, paramiko.AuthenticationException):
         return SftpError(
             f"SFTP login as {sftp.username} on {where} failed ({foreign_text(error)}); check "
@@ -2424,8 +2512,9 @@ def sftp_failure(
     if isinstance(error, socket.gaierror):
         return SftpError(f"cannot resolve SFTP host {sftp.host!r}; check D118_SFTP_ADDRESS")
     if isinstance(error, (OSError, EOFError, paramiko.SSHException)):
+        cause = (error.strerror or "").lower() if isinstance(error, OSError) else ""
         return TransientSftpError(
-            f"SFTP connection to {where} failed{in_dir}: {foreign_text(error)}; check the server is up "
+            f"SFTP connection to {where} failed{in_dir}: {cause or foreign_text(error)}; check the server is up "
             "and reachable (D118_SFTP_ADDRESS, D118_SFTP_PORT, firewall)"
         )
     return error
@@ -2434,68 +2523,219 @@ def sftp_failure(
 UPLOAD_CHUNK = 32768
 
 
-def put_atomically(session, local_path: Path, remote_dir: str, final_name: str, mode: int) -> int:
+def refusal(error: BaseException) -> str | None:
+    """The server's answer when `error` is an SFTP status (a refusal, not worth a
+    retry), or None for a network failure (a reset, a timeout, a dropped link)."""
+    if isinstance(error, (TimeoutError, EOFError)) or not isinstance(error, OSError):
+        return None
+    if isinstance(error, PermissionError):
+        return "permission denied"
+    if isinstance(error, FileNotFoundError):
+        return "no such file"
+    if type(error) is OSError and error.errno is None:  # paramiko's other statuses: Failure, unsupported...
+        return foreign_text(str(error) or "failure", 80).lower()
+    return None
+
+
+class RemoteRefused(SftpError):
+    """The server answered an operation with a refusal: named, never retried."""
+
+    def __init__(self, operation: str, path: str, reason: str, needs: str):
+        folder = posixpath.dirname(path) + "/"
+        super().__init__(
+            f"the server refused {operation} {path} ({reason}): the account needs {needs} in {folder}"
+        )
+        self.reason = reason
+
+
+# What the account needs for each operation, as the refusal's message names it.
+REMOTE_RIGHTS = {
+    "OPEN": "create and write rights",
+    "WRITE": "write rights (or free space and quota)",
+    "SETSTAT": "chmod rights",
+    "RENAME": "rename/delete rights",
+    "REMOVE": "delete rights",
+}
+
+
+def remote_call(operation: str, path: str, call: Callable[[], Any], shown: str = "") -> Any:
+    """One SFTP request; a refusal becomes RemoteRefused naming it and the file."""
+    try:
+        return call()
+    except OSError as error:
+        reason = refusal(error)
+        if reason is None or (operation == "OPEN" and reason == "no such file"):
+            raise  # a network failure, or a remote directory that is not there: sftp_failure names it
+        raise RemoteRefused(operation, shown or path, reason, REMOTE_RIGHTS[operation]) from None
+
+
+def remote_exists(session, path: str) -> Any:
+    """The path's attributes on the server, or None if nothing is there."""
+    try:
+        return session.lstat(path)
+    except FileNotFoundError:
+        return None
+
+
+class Placement(NamedTuple):
+    size: int  # bytes of the final file on the server
+    notes: list[str]  # warnings the night goes on after (a refused chmod, a leftover)
+
+
+def put_atomically(session, local_path: Path, remote_dir: str, final_name: str, mode: int) -> Placement:
     """Upload to a temporary name, rename over the final one, check the size.
 
-    Whatever stands at the temporary name (a leftover, a file someone made
-    read-only, a planted symlink) is removed, then the file is created
-    exclusively, so a link is never written through; its mode is set before
-    the first byte.  The name is fixed, so retries never pile up partials.
+    Only the operations needed: a leftover at the temporary name is removed
+    if one is there; the file is created exclusively (a planted link is never
+    written through) with its mode in the same request; a chmod is sent only
+    if the server gave another mode.  Until the final rename, a failure or a
+    stop removes the temporary file (after closing it: Windows servers keep an
+    open file).  The rename, once begun, finishes whatever signal arrives.
     """
     final_path = posixpath.join(remote_dir, final_name)
     partial_path = posixpath.join(remote_dir, f".{final_name}.partial")
-    local_size = local_path.stat().st_size
-    with contextlib.suppress(FileNotFoundError):
-        session.remove(partial_path)
-    written = 0
-    # Not pipelined: paramiko drops a Failure answer to a pipelined write, and
-    # a refused block in the middle would leave a hole the size check cannot see.
-    with open_exclusive(session, partial_path, mode) as remote, open(local_path, "rb") as local:
-        remote.chmod(mode)  # the server's umask may have narrowed it further; this is the mode asked for
-        while chunk := local.read(UPLOAD_CHUNK):
-            try:
-                remote.write(chunk)
-            except OSError as error:
-                # An SFTP status (disk full, quota) has no errno; a broken connection has one.
-                if type(error) is not OSError or error.errno is not None:
-                    raise
-                with contextlib.suppress(OSError, EOFError):
-                    session.remove(partial_path)
-                raise RemoteWriteRefused(
-                    f"refused the write of {local_size} bytes in {remote_dir} after {written} bytes "
-                    f"({foreign_text(error, 60)})"
-                ) from None
-            written += len(chunk)
-    partial_size = session.lstat(partial_path).st_size
-    if partial_size != local_size:
-        with contextlib.suppress(OSError):
-            session.remove(partial_path)
-        raise RemoteWriteRefused(
-            f"kept {partial_size} of the {local_size} bytes written in {remote_dir} (disk full or quota)"
-        )
-    with contextlib.suppress(FileNotFoundError):
-        if stat.S_ISDIR(session.lstat(final_path).st_mode):
-            with contextlib.suppress(OSError):
-                session.remove(partial_path)
+    previous_path = posixpath.join(remote_dir, f".{final_name}.previous")
+    notes = restore_previous(session, final_path, previous_path)
+    if remote_exists(session, partial_path) is not None:
+        remote_call("REMOVE", partial_path, lambda: session.remove(partial_path))
+    created = False
+    try:
+        with remote_call("OPEN", partial_path, lambda: open_exclusive(session, partial_path, mode)) as remote:
+            created = True
+            notes += set_mode(remote, partial_path, mode)
+            write_all(remote, local_path, partial_path)
+        STOP.check()
+        local_size = local_path.stat().st_size
+        partial_size = session.lstat(partial_path).st_size
+        if partial_size != local_size:
+            raise RemoteWriteRefused(
+                f"kept {partial_size} of the {local_size} bytes written in {remote_dir} (disk full or quota)"
+            )
+        final = remote_exists(session, final_path)
+        if final is not None and stat.S_ISDIR(final.st_mode):
             raise SftpError(
                 f"the remote path {final_path} is a directory, so nothing was moved; "
                 "remove it on the server or change output.file_name"
             )
-    try:
-        session.posix_rename(partial_path, final_path)
-    except (FileNotFoundError, PermissionError):
+        with STOP.deferred_section():
+            notes += rename_over(session, partial_path, final_path, previous_path, final is not None)
+            created = False  # from here the file is tonight's final one
+            final = session.lstat(final_path)
+    except BaseException:
+        if created:
+            remove_partial(session, partial_path)
         raise
-    except OSError:
-        # No posix-rename@openssh.com: plain SFTP rename refuses to replace,
-        # so move the old file aside first and put it back if that fails.
-        _replace_without_posix_rename(session, partial_path, final_path)
-    final = session.lstat(final_path)
     if not stat.S_ISREG(final.st_mode) or final.st_size != local_size:
         raise SftpError(
             f"{final_path} on the server is not the {local_size}-byte file just uploaded; "
             "check the server's disk space and rerun"
         )
-    return final.st_size
+    return Placement(final.st_size, notes)
+
+
+def write_all(remote, local_path: Path, partial_path: str) -> None:
+    """The file's bytes, a block at a time, with a safe point between blocks.
+    Not pipelined: paramiko drops a Failure answer to a pipelined write, and a
+    refused block in the middle would leave a hole the size check cannot see."""
+    written = 0
+    with open(local_path, "rb") as local:
+        while chunk := local.read(UPLOAD_CHUNK):
+            STOP.check()
+            try:
+                remote.write(chunk)
+            except OSError as error:
+                reason = refusal(error)
+                if reason is None:
+                    raise
+                raise RemoteWriteRefused(
+                    f"refused the write of {local_path.stat().st_size} bytes to {partial_path} after "
+                    f"{written} bytes ({reason})"
+                ) from None
+            written += len(chunk)
+
+
+def set_mode(remote, partial_path: str, mode: int) -> list[str]:
+    """chmod only if OPEN gave another mode; a refusal is a warning naming the mode the file has."""
+    with contextlib.suppress(OSError):
+        given = remote.stat().st_mode
+        if given is not None and stat.S_IMODE(given) == mode:
+            return []
+    try:
+        remote_call("SETSTAT", partial_path, lambda: remote.chmod(mode))
+        return []
+    except RemoteRefused as error:
+        try:
+            has = stat.S_IMODE(remote.stat().st_mode or 0)
+        except OSError:
+            return [
+                f"the server refused chmod {mode:o} on {partial_path} ({error.reason}); its mode is unknown"
+            ]
+        wider = ", wider than asked: others may read student data" if has & ~mode else ""
+        return [
+            f"the server refused chmod {mode:o} on {partial_path} ({error.reason}); the file has mode "
+            f"{has:03o}{wider}"
+        ]
+
+
+def remove_partial(session, partial_path: str) -> None:
+    """A failed or stopped upload leaves no copy of student data behind, if the connection allows."""
+    try:
+        if remote_exists(session, partial_path) is not None:
+            session.remove(partial_path)
+    except OSError as error:
+        reason = refusal(error)
+        if reason is not None:
+            LOG.warning(
+                "the temporary file %s is left on the server: its removal was refused (%s); delete it there",
+                partial_path, reason,
+            )  # fmt: skip
+    except Exception:  # the connection is gone: the next run removes it
+        return
+
+
+def rename_over(
+    session, partial_path: str, final_path: str, previous_path: str, replacing: bool
+) -> list[str]:
+    """Put the temporary file at the final name: posix-rename, or where the server
+    refuses it, move the old file aside (a dot-name the importer never reads) first."""
+    try:
+        session.posix_rename(partial_path, final_path)
+        return []
+    except OSError as error:
+        if refusal(error) in (None, "no such file"):
+            raise
+    if not replacing:
+        remote_call("RENAME", partial_path, lambda: session.rename(partial_path, final_path),
+                    f"{partial_path} -> {final_path}")  # fmt: skip
+        return []
+    if remote_exists(session, previous_path) is not None:
+        remote_call("REMOVE", previous_path, lambda: session.remove(previous_path))
+    remote_call("RENAME", final_path, lambda: session.rename(final_path, previous_path),
+                f"{final_path} -> {previous_path}")  # fmt: skip
+    try:
+        remote_call("RENAME", partial_path, lambda: session.rename(partial_path, final_path),
+                    f"{partial_path} -> {final_path}")  # fmt: skip
+    except BaseException:
+        with contextlib.suppress(OSError, EOFError):
+            session.rename(previous_path, final_path)  # last night's file back
+        raise
+    try:
+        remote_call("REMOVE", previous_path, lambda: session.remove(previous_path))
+    except RemoteRefused as error:
+        return [f"tonight's file is in place, but {error}; delete {previous_path} there"]
+    return []
+
+
+def restore_previous(session, final_path: str, previous_path: str) -> list[str]:
+    """A swap cut short (a killed run, a lost server) left no final file but the
+    moved-aside one: put it back before anything else."""
+    if remote_exists(session, final_path) is not None or remote_exists(session, previous_path) is None:
+        return []
+    remote_call("RENAME", previous_path, lambda: session.rename(previous_path, final_path),
+                f"{previous_path} -> {final_path}")  # fmt: skip
+    return [
+        f"{final_path} was missing after an interrupted swap; last night's file was put back from {previous_path}"
+    ]
 
 
 def open_exclusive(session, path: str, mode: int):
@@ -2517,59 +2757,57 @@ def open_exclusive(session, path: str, mode: int):
     return SFTPFile(session, message.get_binary(), "wb", -1)
 
 
-def _replace_without_posix_rename(session, partial_path: str, final_path: str) -> None:
-    previous_path = final_path + ".previous"
-    try:
-        session.lstat(final_path)
-    except FileNotFoundError:
-        session.rename(partial_path, final_path)
-        return
-    with contextlib.suppress(OSError):
-        session.remove(previous_path)
-    session.rename(final_path, previous_path)
-    try:
-        session.rename(partial_path, final_path)
-    except BaseException:
-        session.rename(previous_path, final_path)
-        raise
-    session.remove(previous_path)
-
-
 def upload(
     local_path: Path, sftp: SftpSettings, login: SftpLogin, profile: Profile, retry: RetryPolicy
-) -> int:
-    """Upload with retries for transient network failures; return remote bytes."""
-    remote_dir, final_name, mode = profile.remote_dir, profile.file_name, profile.remote_mode
-    known = login.known
+) -> Placement:
+    """Upload with retries for network failures (never after a stop, never for a refusal)."""
     for attempt in range(1, retry.attempts + 1):
+        STOP.check()
         try:
             client, session = open_sftp(sftp, login)
             try:
-                return put_atomically(session, local_path, remote_dir, final_name, mode)
+                return put_atomically(
+                    session, local_path, profile.remote_dir, profile.file_name, profile.remote_mode
+                )
             except BaseException as error:
-                raise sftp_failure(error, sftp, known, remote_dir=remote_dir) from None
+                raise sftp_failure(error, sftp, login.known, remote_dir=profile.remote_dir) from None
             finally:
-                client.close()
+                close_sftp(client)
         except TransientSftpError as error:
+            STOP.check()
             if attempt == retry.attempts:
                 raise SftpError(f"{error} (gave up after {retry.attempts} attempts)") from None
             wait = retry.wait * 2 ** (attempt - 1)
             LOG.warning(
                 "upload attempt %d of %d failed: %s; retrying in %gs", attempt, retry.attempts, error, wait
             )
-            time.sleep(wait)
+            STOP.wake.wait(wait)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def probe_remote_dir(session, sftp: SftpSettings, remote_dir: str) -> None:
-    """Prove the remote directory writable (for --check) with a file removed at once."""
-    probe_path = posixpath.join(remote_dir, f".clever_export_probe_{os.getpid()}")
+PROBE_NAME = ".clever_export_check.txt"  # --check's file: no student data, a dot-name the importer skips
+
+
+def probe_remote_dir(session, sftp: SftpSettings, remote_dir: str, mode: int) -> list[str]:
+    """--check: the night's exact remote sequence on a probe file holding no
+    student data (create with the mode, write, chmod if needed, rename over an
+    existing file, with the fallback), then the probe removed; returns warnings."""
+    with tempfile.TemporaryDirectory() as folder:
+        probe = Path(folder) / "probe"
+        probe.write_bytes(b"clever_export --check: a probe file, no student data\n")
+        try:
+            notes = put_atomically(session, probe, remote_dir, PROBE_NAME, mode).notes
+            notes += put_atomically(
+                session, probe, remote_dir, PROBE_NAME, mode
+            ).notes  # over an existing file
+        except BaseException as error:
+            raise sftp_failure(error, sftp, remote_dir=remote_dir) from None
+    final = posixpath.join(remote_dir, PROBE_NAME)
     try:
-        with session.open(probe_path, "wbx") as probe:
-            probe.write(b"probe\n")
-        session.remove(probe_path)
-    except BaseException as error:
-        raise sftp_failure(error, sftp, remote_dir=remote_dir) from None
+        remote_call("REMOVE", final, lambda: session.remove(final))
+    except RemoteRefused as error:
+        notes.append(f"{error}; the probe file {final} is left (a night does not need to delete it)")
+    return list(dict.fromkeys(notes))
 
 
 def fetch_host_key(sftp: SftpSettings):
@@ -2969,7 +3207,7 @@ def export_pass(
         if sent is not None:
             sent_file = cleanup.enter_context(open(sent.path, encoding="utf-8", newline="\n"))
             mapper.import_check = ImportCheck(sent_file, sent.columns, profile.value_fields())
-        lines = export_lines(batches, mapper, options.changed_only)
+        lines = export_lines(until_stopped(batches), mapper, options.changed_only)
         cleanup.callback(lines.close)
         with atomic_file(options.output_path, "--output") as stream:
             if profile.header:
@@ -2979,6 +3217,13 @@ def export_pass(
             if repeated:
                 drop_repeated_numbers(stream, repeated, mapper)
     return mapper
+
+
+def until_stopped(batches: Iterable[list[tuple]]) -> Iterator[list[tuple]]:
+    """The statement's batches, with a safe point between them."""
+    for batch in batches:
+        STOP.check()
+        yield batch
 
 
 def drop_repeated_numbers(stream, repeated: frozenset[int], mapper: StudentMapper) -> None:
@@ -3023,7 +3268,10 @@ def publish(
     else:
         last = state.require().last_upload
         check_guard(summary.exported, last.students if last else None, options.max_drop_percent)
-    remote_size = upload(options.output_path, sftp, prepared.login, profile, options.retry)
+    placement = upload(options.output_path, sftp, prepared.login, profile, options.retry)
+    remote_size = placement.size
+    for note in placement.notes:
+        LOG.warning("%s", note)
     record.remote_path = f"{sftp.host}:{posixpath.join(profile.remote_dir, profile.file_name)}"
     LOG.info("uploaded to %s (%d bytes)", record.remote_path, remote_size)
     record.message = "uploaded"
@@ -3037,6 +3285,7 @@ def publish(
             mapper.import_check, previous_upload, options.import_tolerance_percent
         )
     state.save_or_warn(False, "the upload succeeded, but the state file was not written")
+    STOP.check(uploaded=True)  # the state now says what is on the server
     if failure is not None:
         raise failure
 
@@ -3296,9 +3545,14 @@ def check_sftp(check: Checklist, options: RunOptions, sftp: SftpSettings) -> Non
         return
     client, session = opened
     try:
-        check(f"remote directory {remote_dir} writable", lambda: probe_remote_dir(session, sftp, remote_dir))
+        notes = check(
+            f"remote directory {remote_dir} writable",
+            lambda: probe_remote_dir(session, sftp, remote_dir, options.profile.remote_mode),
+        )
+        for note in notes if isinstance(notes, list) else []:
+            print(f"[WARN] {note}")
     finally:
-        client.close()
+        close_sftp(client)
 
 
 def describe_settings(settings: Settings) -> None:
@@ -3795,33 +4049,6 @@ def subprocess_list2cmdline(words: list[str]) -> str:
     return subprocess.list2cmdline(words)
 
 
-# --- Signals -------------------------------------------------------------------
-
-
-class Terminated(BaseException):
-    """SIGTERM: a service manager stopping the job, or kill."""
-
-
-@contextlib.contextmanager
-def sigterm_raises() -> Iterator[None]:
-    """SIGTERM raises Terminated for this call of main(), then the old handler is back."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def terminated(signum, frame) -> None:
-        # One is enough: a second SIGTERM (a process group signalled twice) must not
-        # interrupt the clean-up the first one started.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise Terminated()
-
-    previous = signal.signal(signal.SIGTERM, terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 # --- main: the one place failures become exit codes ----------------------------
 
 
@@ -3836,10 +4063,16 @@ def failure_outcome(error: BaseException) -> Outcome:
     """Every failure's exit code, message and whether it alerts: the one policy."""
     if isinstance(error, ExportError):
         return Outcome(error.exit_code, str(error), alert=not isinstance(error, LockedError))
-    if isinstance(error, KeyboardInterrupt):
-        return Outcome(EXIT_INTERRUPTED, "interrupted")
-    if isinstance(error, Terminated):
-        return Outcome(EXIT_TERMINATED, "terminated (SIGTERM); nothing more was uploaded")
+    if isinstance(error, (KeyboardInterrupt, Terminated)):
+        interrupted = isinstance(error, KeyboardInterrupt) or error.signum == signal.SIGINT
+        how = "interrupted (Ctrl-C)" if interrupted else "terminated (SIGTERM)"
+        uploaded = getattr(error, "uploaded", False)
+        return Outcome(
+            EXIT_INTERRUPTED if interrupted else EXIT_TERMINATED,
+            f"{how} after tonight's file was uploaded and recorded"
+            if uploaded
+            else f"{how}; nothing was uploaded after the stop",
+        )
     if isinstance(error, ModuleNotFoundError):
         return Outcome(
             EXIT_CONFIG,
@@ -3937,12 +4170,30 @@ class Invocation:
         state.save_or_warn(code != EXIT_OK, "could not record this run for --status")
 
 
+@contextlib.contextmanager
+def unraisable_to_log() -> Iterator[None]:
+    """An error in a destructor (paramiko's SFTPFile after a cut connection) goes to
+    the log file, not to stderr as "Exception ignored in ...": the run's one line stays one."""
+    previous = sys.unraisablehook
+
+    def to_log(unraisable) -> None:
+        FILE_LOG.debug("ignored in %r: %s", unraisable.object, unraisable.exc_value)
+
+    sys.unraisablehook = to_log
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
+
+
 def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> int:
     """Run the command line; return the exit code."""
     _SECRETS.clear()  # this run's secrets only
+    STOP.__init__()  # this run's stop request only
     with contextlib.ExitStack() as stack:
         stack.callback(close_logging)
-        stack.enter_context(sigterm_raises())
+        stack.enter_context(STOP.handling_signals())
+        stack.enter_context(unraisable_to_log())
         invocation = Invocation(dict(os.environ if environ is None else environ), stack)
         try:
             code = invocation.run(argv)

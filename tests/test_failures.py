@@ -260,7 +260,7 @@ def test_a_write_refused_mid_transfer_exits_4_not_retried_and_leaves_no_partial(
     line = one_line(result.stderr)
     size = app.output.stat().st_size
     assert size > 40_000 and server.refused_writes >= 1
-    assert f"refused the write of {size} bytes in /sftp/clever/" in line
+    assert f"refused the write of {size} bytes to /sftp/clever/.raceethnicity.txt.partial" in line
     assert "firewall" not in line and "gave up" not in line
     assert server.connections == 1  # a full disk is not a network failure: not retried
     assert server.remote().read_bytes() == b"last night's complete file\n"
@@ -281,7 +281,7 @@ def test_a_write_refused_in_a_large_file_is_named_not_retried_and_leaves_no_part
     line = one_line(result.stderr)
     size = app.output.stat().st_size
     assert size > 101 * 32768
-    assert f"refused the write of {size} bytes in /sftp/clever/" in line
+    assert f"refused the write of {size} bytes to /sftp/clever/.raceethnicity.txt.partial" in line
     assert "firewall" not in line and "gave up" not in line
     assert server.connections == 1
     assert remote_names(server) == []

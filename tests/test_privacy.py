@@ -292,7 +292,7 @@ def test_a_planted_link_on_openssh_does_not_redirect_the_upload(
 
 
 @pytest.mark.parametrize(
-    "name", ["raceethnicity.txt", ".raceethnicity.txt.partial", "raceethnicity.txt.previous"]
+    "name", ["raceethnicity.txt", ".raceethnicity.txt.partial", ".raceethnicity.txt.previous"]
 )
 def test_a_planted_symlink_on_a_server_without_posix_rename(uploading_app, sftp_server, tmp_path, name):
     # The fallback that moves the old file aside must not write through a link either.
@@ -476,7 +476,7 @@ def test_a_short_or_common_password_leaves_the_log_as_it_would_be(app, password)
     assert normalised(result.log) == normalised(control.log)
     assert normalised(result.stderr) == normalised(control.stderr)
     assert normalised(result.stdout) == normalised(control.stdout)
-    if len(password) > 1:
+    if len(password) > 1 and password not in control.everything():  # "export" is the script's own word
         assert password not in result.everything()
 
 
