@@ -2782,6 +2782,9 @@ def upload(
                 "upload attempt %d of %d failed: %s; retrying in %gs", attempt, retry.attempts, error, wait
             )
             STOP.wake.wait(wait)
+        except ExportError:
+            STOP.check()  # a stop that cut the connection is the outcome, not the cut
+            raise
     raise AssertionError("unreachable")  # pragma: no cover
 
 
