@@ -2621,9 +2621,12 @@ def put_atomically(session, local_path: Path, remote_dir: str, final_name: str, 
             notes += rename_over(session, partial_path, final_path, previous_path, final is not None)
             created = False  # from here the file is tonight's final one
             final = session.lstat(final_path)
-    except BaseException:
-        if created:
-            remove_partial(session, partial_path)
+    except BaseException as error:
+        left = remove_partial(session, partial_path) if created else None
+        if left and isinstance(error, ExportError):
+            error.args = (f"{error}; {left}",)  # the one line says which file is left
+        elif left:
+            LOG.warning("%s", left)
         raise
     if not stat.S_ISREG(final.st_mode) or final.st_size != local_size:
         raise SftpError(
@@ -2677,20 +2680,19 @@ def set_mode(remote, partial_path: str, mode: int) -> list[str]:
         ]
 
 
-def remove_partial(session, partial_path: str) -> None:
-    """A failed or stopped upload leaves no copy of student data behind, if the connection allows."""
+def remove_partial(session, partial_path: str) -> str | None:
+    """A failed or stopped upload leaves no copy of student data behind, if the
+    connection allows; what is left, if its removal was refused."""
     try:
         if remote_exists(session, partial_path) is not None:
             session.remove(partial_path)
     except OSError as error:
         reason = refusal(error)
         if reason is not None:
-            LOG.warning(
-                "the temporary file %s is left on the server: its removal was refused (%s); delete it there",
-                partial_path, reason,
-            )  # fmt: skip
+            return f"the temporary file {partial_path} is left on the server (its removal was refused: {reason}); delete it there"
     except Exception:  # the connection is gone: the next run removes it
-        return
+        return None
+    return None
 
 
 def rename_over(
@@ -2789,6 +2791,28 @@ def upload(
 
 
 PROBE_NAME = ".clever_export_check.txt"  # --check's file: no student data, a dot-name the importer skips
+
+
+def remote_leftovers(session, remote_dir: str, final_name: str) -> list[str]:
+    """What --check reports of the real files: a swap cut short, leftovers in the folder."""
+    final, partial, previous = (
+        posixpath.join(remote_dir, name)
+        for name in (final_name, f".{final_name}.partial", f".{final_name}.previous")
+    )
+    notes = []
+    with contextlib.suppress(OSError):
+        if remote_exists(session, previous) is not None:
+            if remote_exists(session, final) is None:
+                notes.append(
+                    f"{final} is missing after an interrupted swap; the next run puts {previous} back"
+                )
+            else:
+                notes.append(
+                    f"{previous} is left from an earlier run (its delete was refused); delete it there"
+                )
+        if remote_exists(session, partial) is not None:
+            notes.append(f"{partial} is left from an earlier run; the next run removes it")
+    return notes
 
 
 def probe_remote_dir(session, sftp: SftpSettings, remote_dir: str, mode: int) -> list[str]:
@@ -3552,7 +3576,7 @@ def check_sftp(check: Checklist, options: RunOptions, sftp: SftpSettings) -> Non
             f"remote directory {remote_dir} writable",
             lambda: probe_remote_dir(session, sftp, remote_dir, options.profile.remote_mode),
         )
-        for note in notes if isinstance(notes, list) else []:
+        for note in [*remote_leftovers(session, remote_dir, options.profile.file_name), *(notes or [])]:
             print(f"[WARN] {note}")
     finally:
         close_sftp(client)

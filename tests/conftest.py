@@ -9,6 +9,7 @@ import getpass
 import http.server
 import os
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -206,6 +207,13 @@ class SftpServer:
     each further write is answered with SFTP Failure ("disk full"); with
     refuse_once, only the first such write is (a quota that frees up).
     algorithms: kex_algs=, encryption_algs=, mac_algs= handed to create_server.
+    refuse: SFTP operation name (open, write, fsetstat, setstat, remove, rename,
+    posix_rename, close) -> the asyncssh error it answers with, as a locked-down
+    server would ("permission denied", "unsupported").
+    open_mode: the mode the server gives a new file whatever the client asks
+    (servers that ignore OPEN's attributes); None honours the request.
+    signal_at: (operation, n): when the n-th such operation arrives, send
+    signal_number to signal_pid (the client run) before answering it.
     """
 
     username = "clever"
@@ -235,6 +243,12 @@ class SftpServer:
         self.refuse_once = refuse_once
         self.refused_writes = 0
         self.auth_waiting = threading.Event()
+        self.refuse: dict[str, type] = {}
+        self.open_mode: int | None = None
+        self.signal_at: tuple[str, int] | None = None
+        self.signal_pid: int | None = None
+        self.signal_number = signal.SIGTERM
+        self.operations: list[str] = []
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -261,13 +275,50 @@ class SftpServer:
                     await asyncio.get_running_loop().run_in_executor(None, fixture.auth_gate.wait, 30)
                 return username == fixture.username and password == fixture.password
 
+        def hooked(name):
+            """The operation as a locked-down server, or a signalling test, answers it."""
+            fixture.operations.append(name)
+            if fixture.signal_at is not None and fixture.signal_pid is not None:
+                operation, nth = fixture.signal_at
+                if operation == name and fixture.operations.count(name) == nth:
+                    os.kill(fixture.signal_pid, fixture.signal_number)
+            if name in fixture.refuse:
+                raise fixture.refuse[name](f"{name} refused by the test server")
+
         class FaultySftp(asyncssh.SFTPServer):
             def __init__(self, chan):
                 super().__init__(chan, chroot=str(fixture.root))
                 self.written = 0
                 self.number = chan.get_connection().get_owner().number
 
+            def open(self, path, pflags, attrs):
+                hooked("open")
+                if fixture.open_mode is not None:
+                    attrs.permissions = fixture.open_mode
+                return super().open(path, pflags, attrs)
+
+            def close(self, file_obj):
+                hooked("close")
+                return super().close(file_obj)
+
+            def fsetstat(self, file_obj, attrs):
+                hooked("fsetstat")
+                return super().fsetstat(file_obj, attrs)
+
+            def setstat(self, path, attrs):
+                hooked("setstat")
+                return super().setstat(path, attrs)
+
+            def remove(self, path):
+                hooked("remove")
+                return super().remove(path)
+
+            def rename(self, oldpath, newpath):
+                hooked("rename")
+                return super().rename(oldpath, newpath)
+
             def write(self, file_obj, offset, data):
+                hooked("write")
                 if fixture.fail_writes_after is not None:
                     if self.written + len(data) > fixture.fail_writes_after and not (
                         fixture.refuse_once and fixture.refused_writes
@@ -285,6 +336,7 @@ class SftpServer:
                 return super().write(file_obj, offset, data)
 
             def posix_rename(self, oldpath, newpath):
+                hooked("posix_rename")
                 if not fixture.posix_rename:
                     raise asyncssh.SFTPOpUnsupported("posix-rename not supported")
                 return super().posix_rename(oldpath, newpath)
