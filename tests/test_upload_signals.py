@@ -34,7 +34,7 @@ def run_with_signal(app, sftp_server, database, operation, nth=1, signum=signal.
     process = app.start("--sqlite", str(database), "--timeout", str(timeout), "--retry-wait", "0.05")
     sftp_server.signal_pid = process.pid
     try:
-        stdout, stderr = process.communicate(timeout=timeout + 20)
+        _stdout, stderr = process.communicate(timeout=timeout + 20)
     finally:
         sftp_server.signal_pid = None
         if process.poll() is None:
