@@ -499,6 +499,21 @@ class OpenSsh:
 @pytest.fixture
 def openssh_server(tmp_path):
     """OpenSSH's sshd with key login; skipped where sshd is not installed."""
+    yield from start_openssh(tmp_path)
+
+
+@pytest.fixture
+def chatty_openssh_server(tmp_path):
+    """OpenSSH whose login prints a line before the SFTP server starts, as a
+    .bashrc that echoes for non-interactive logins does."""
+    sftp_server_binary = next((path for path in ("/usr/lib/openssh/sftp-server", "/usr/libexec/sftp-server")
+                               if os.path.exists(path)), None)  # fmt: skip
+    if sftp_server_binary is None:
+        pytest.skip("OpenSSH's sftp-server is not installed (.ci/run installs openssh-server)")
+    yield from start_openssh(tmp_path, f"ForceCommand echo 'Welcome to the district SFTP server'; exec {sftp_server_binary}\n")
+
+
+def start_openssh(tmp_path, extra_config: str = ""):
     if SSHD is None or sys.platform == "win32":
         pytest.skip("OpenSSH sshd is not installed (.ci/run installs openssh-server)")
     workdir = tmp_path / "openssh"
@@ -519,7 +534,7 @@ def openssh_server(tmp_path):
         f"PidFile {workdir / 'sshd.pid'}\nAuthorizedKeysFile {workdir / 'authorized_keys'}\n"
         "StrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
         "PubkeyAuthentication yes\nUsePAM no\nPermitRootLogin prohibit-password\n"
-        "Subsystem sftp internal-sftp\n"
+        "Subsystem sftp internal-sftp\n" + extra_config
     )
     if os.geteuid() == 0:
         Path("/run/sshd").mkdir(exist_ok=True)
