@@ -2238,6 +2238,21 @@ class KnownHosts(NamedTuple):
     revoked: list  # paramiko PKey of every @revoked line
     revoked_entries: list  # the @revoked lines as HostKeyEntry, to name a revoked host
 
+    def trusts(self, host_name: str, key) -> bool:
+        """Whether a non-revoked line names this host with exactly this key."""
+        import paramiko
+
+        if any(key == revoked for revoked in self.revoked):
+            return False
+        for entry in self.entries:
+            if entry.key == key:
+                one = paramiko.HostKeys()
+                for name in entry.hostnames:
+                    one.add(name, key.get_name(), key)
+                if one.lookup(host_name) is not None:
+                    return True
+        return False
+
     def host_keys(self, which: str = "trusted", keys=None):
         """paramiko HostKeys (new, or `keys` filled in) of the "trusted" lines (a key
         revoked anywhere is never trusted, even where a line lists it), of every plain
@@ -2398,12 +2413,34 @@ class _UnknownHostKey(Exception):
 
 
 def open_sftp(sftp: SftpSettings, login: SftpLogin):
-    """Log in with the host key checked against known_hosts; return (client, session)."""
+    """Log in with the host key checked against known_hosts; return (client, session).
+
+    known_hosts may hold two keys of one type for a host (two servers behind a
+    name, a key rotation); paramiko compares with one, so a key that matches
+    another trusted line is tried once more with that line, as OpenSSH accepts it.
+    """
+    import paramiko
+
+    try:
+        return _connect(sftp, login)
+    except paramiko.BadHostKeyException as error:
+        if not login.known.trusts(sftp.known_hosts_name, error.key):
+            raise sftp_failure(error, sftp, login.known) from None
+        offered = error.key
+    try:
+        return _connect(sftp, login, offered)
+    except BaseException as error:
+        raise sftp_failure(error, sftp, login.known) from None
+
+
+def _connect(sftp: SftpSettings, login: SftpLogin, expected_key=None):
     import paramiko
 
     known = login.known
     client = paramiko.SSHClient()
     known.host_keys(keys=client.get_host_keys())
+    if expected_key is not None:
+        client.get_host_keys().add(sftp.known_hosts_name, expected_key.get_name(), expected_key)
     client.set_missing_host_key_policy(_KnownHostsOnly())
     try:
         # Our own socket, known before the handshake: a stop can cut a server that hangs at any step.
@@ -2425,6 +2462,9 @@ def open_sftp(sftp: SftpSettings, login: SftpLogin):
         )
         session = client.open_sftp()
         session.get_channel().settimeout(sftp.timeout)
+    except paramiko.BadHostKeyException:
+        close_sftp(client)
+        raise
     except BaseException as error:
         close_sftp(client)
         raise sftp_failure(error, sftp, known) from None

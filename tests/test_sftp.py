@@ -186,3 +186,52 @@ def test_show_host_key_of_an_unreachable_server_exits_4(app, silent_listener):
     result = app.run("--show-host-key", "--timeout", "1", env=env, timeout=30)
     assert result.returncode == 4 and "SFTP connection to 127.0.0.1" in result.stderr
     assert result.stdout == "" and result.seconds < 10
+
+
+def openssh_args(app, server) -> tuple[str, ...]:
+    app.known_hosts.write_text(server.known_hosts_line)
+    app.env = {**server.env(), "PYTHONIOENCODING": "utf-8"}
+    return ("--remote-dir", str(server.remote_dir), "--timeout", "5", "--retry-wait", "0.05")
+
+
+def test_a_chatty_login_script_is_named_at_night_and_by_check(app, db, chatty_openssh_server):
+    args = openssh_args(app, chatty_openssh_server)
+    database = str(db([Student(1)]))
+    result = app.run("--sqlite", database, *args)
+    assert result.returncode == 4
+    line = result.stderr.strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in result.stderr
+    assert "printed text into the SFTP session (a login script such as .bashrc echoing" in line
+    assert "make it silent" in line and "unexpected error" not in line and "gave up" not in line
+    checked = app.run("--check", "--sqlite", database, *args)
+    failures = [row for row in checked.stdout.splitlines() if row.startswith("[FAIL]")]
+    assert (
+        len(failures) == 1 and failures[0].startswith("[FAIL] SFTP login: ") and "printed text" in failures[0]
+    )
+    assert "remote directory" in checked.stdout and "not checked: login failed" in checked.stdout
+
+
+def test_two_keys_of_one_type_for_one_host_are_both_trusted(app, db, openssh_server, tmp_path):
+    # A key rotation, or two servers behind one name: OpenSSH accepts a key that matches any line.
+    other = tmp_path / "other_host_key"
+    __import__("subprocess").run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True
+    )
+    other_line = f"[127.0.0.1]:{openssh_server.port} " + " ".join(
+        other.with_suffix(".pub").read_text().split()[:2]
+    )
+    args = openssh_args(app, openssh_server)
+    for lines in (
+        [openssh_server.known_hosts_line, other_line],
+        [other_line, openssh_server.known_hosts_line],
+    ):
+        app.known_hosts.write_text("\n".join(line.strip() for line in lines) + "\n")
+        result = app.run("--sqlite", str(db([Student(1)])), *args)
+        assert result.returncode == 0, result.stderr
+    # @revoked still wins over a plain line for the same key.
+    real_key = openssh_server.known_hosts_line.split(" ", 1)[1].strip()
+    app.known_hosts.write_text(
+        f"{other_line}\n{openssh_server.known_hosts_line.strip()}\n@revoked * {real_key}\n"
+    )
+    refused = app.run("--sqlite", str(db([Student(1)])), *args)
+    assert refused.returncode == 4 and "@revoked" in refused.stderr
