@@ -3470,7 +3470,7 @@ def show_status(state_path: Path, lock_path: Path, max_age_hours: float | None) 
     state = State.load(state_path)
     if state.problem is not None:
         print(f"status: {state.problem}")
-        return EXIT_CONFIG
+        return state.problem.exit_code  # 5, as a run and --check give for it
     last_run = state.last_run
     code = EXIT_CONFIG
     if state.running and RunLock.held(lock_path):
