@@ -227,3 +227,45 @@ def test_dry_run_counts_blanks_that_powerschool_still_holds(blank_app, sftp_serv
         "  blank here but set in PowerSchool (an import may not clear them): Hispanic_Latino 10, Race 0, ELL 0"
         in result.stdout.splitlines()
     ), result.stdout
+
+
+# --- The kept copy is read with the columns it was written with -----------------------
+
+
+def import_by_columns(db_path, sent: bytes, columns):
+    """Play the import of a file whose columns are in `columns` order."""
+    rows = [dict(zip(columns, line.split("\t"), strict=True)) for line in sent.decode().splitlines()]
+    lines = "".join(
+        "\t".join(row.get(field, "") for field in ("student_number", "Hispanic_Latino", "Race", "ELL")) + "\n"
+        for row in rows
+    )
+    import_file(db_path, lines.encode())
+
+
+@pytest.mark.parametrize(
+    "tonight",
+    [
+        ["Race", "student_number", "ELL", "Hispanic_Latino"],
+        ["student_number", "ELL", "Race", "Hispanic_Latino"],
+    ],
+    ids=["student_number moved", "fields reordered"],
+)
+def test_a_profile_change_between_nights_neither_raises_nor_hides_an_alarm(
+    loop_app, sftp_server, tmp_path, tonight
+):
+    config = tmp_path / "tonight.toml"
+    config.write_text(f"[output]\ncolumns = {tonight!r}\n".replace("'", '"'))
+    sent = first_night(loop_app, sftp_server)  # the built-in columns
+    import_file(loop_app.db_path, sent)  # and PowerSchool imported it
+    age_last_upload(loop_app, 30)
+    applied = loop_app.run(*loop_app.base_args, "--config", str(config))
+    assert applied.returncode == 0, applied.stderr
+    assert "import check: 0 of 100 students of the previous upload still differ" in applied.log
+    age_last_upload(loop_app, 30)  # tonight's file, in the new order, is never imported
+    missed = loop_app.run(*loop_app.base_args, "--config", str(config))
+    assert missed.returncode == 0  # it matched what PowerSchool already had: nothing to see
+    with sqlite3.connect(loop_app.db_path) as connection:
+        connection.execute("DELETE FROM u_def_ext_students0")  # the import of that upload never happened
+    age_last_upload(loop_app, 30)
+    result = loop_app.run(*loop_app.base_args, "--config", str(config))
+    assert result.returncode == 6 and "100 of 100 students still differ" in result.stderr
