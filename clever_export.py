@@ -1044,7 +1044,7 @@ def connect_oracle(settings: DatabaseSettings, timeout: float):
         raise ConfigError(
             "python-oracledb is not installed; run: python -m pip install -r requirements.txt"
         ) from None
-    config_dir = str(settings.tns_admin) if settings.tns_admin else None
+    config_dir = oracle_config_dir(settings.tns_admin)
     if settings.client_lib_dir is not None and oracledb.is_thin_mode():
         try:
             oracledb.init_oracle_client(lib_dir=str(settings.client_lib_dir), config_dir=config_dir)
@@ -1105,13 +1105,35 @@ def connect_failure(where: str, error: BaseException) -> DatabaseError:
     )
 
 
+_BOMLESS_COPIES: dict[Path, tempfile.TemporaryDirectory] = {}
+
+
+def oracle_config_dir(tns_admin: Path | None) -> str | None:
+    """TNS_ADMIN as the driver can read it.  Notepad's UTF-8 starts tnsnames.ora
+    with a byte-order mark, which the driver takes for part of the first alias:
+    then the folder's .ora files are read from a private copy without it (the
+    admin's files are never changed)."""
+    if tns_admin is None:
+        return None
+    files = sorted(tns_admin.glob("*.ora")) if tns_admin.is_dir() else []
+    with contextlib.suppress(OSError):
+        if not any(path.read_bytes()[:3] == b"\xef\xbb\xbf" for path in files):
+            return str(tns_admin)
+    if tns_admin not in _BOMLESS_COPIES:
+        copy = _BOMLESS_COPIES[tns_admin] = tempfile.TemporaryDirectory(prefix="clever_export_tns_")
+        for path in files:
+            with contextlib.suppress(OSError):
+                (Path(copy.name) / path.name).write_bytes(path.read_bytes().removeprefix(b"\xef\xbb\xbf"))
+    return _BOMLESS_COPIES[tns_admin].name
+
+
 def describe_dsn(settings: DatabaseSettings, oracledb) -> str:
     """The connect string, and for a tnsnames.ora alias the host and port it names."""
     if not _TNS_ALIAS.fullmatch(settings.dsn):
         return redact(settings.dsn)
     folder = settings.tns_admin or "TNS_ADMIN (not set)"
     try:
-        params = oracledb.ConnectParams(config_dir=str(settings.tns_admin) if settings.tns_admin else None)
+        params = oracledb.ConnectParams(config_dir=oracle_config_dir(settings.tns_admin))
         params.parse_connect_string(settings.dsn)
     except Exception as error:
         if "." in settings.dsn:  # a bare host name, not an alias
@@ -1948,7 +1970,7 @@ def atomic_file(path: Path, flag: str, binary: bool = False) -> Iterator[Any]:
             yield stream
             stream.flush()
             os.fsync(stream.fileno())
-        os.replace(temp_name, path)
+        replace_when_free(temp_name, path, flag)
     except BaseException as error:
         with contextlib.suppress(OSError):
             os.unlink(temp_name)
@@ -1958,6 +1980,28 @@ def atomic_file(path: Path, flag: str, binary: bool = False) -> Iterator[Any]:
                 f"Free disk space or fix the folder's permissions (or choose another with {flag}), then rerun"
             ) from None
         raise
+
+
+IN_USE_RETRIES = (0.2, 0.5, 1.0, 2.0)  # seconds: a virus scanner lets go of a file within seconds
+
+
+def replace_when_free(temp_name: str, path: Path, flag: str) -> None:
+    """os.replace, waiting briefly while another program holds `path` open
+    (Windows refuses to replace an open file: an editor, a scanner, a share's sync)."""
+    for wait in (*IN_USE_RETRIES, None):
+        try:
+            os.replace(temp_name, path)
+            return
+        except PermissionError:
+            if os.name != "nt" or not path.exists():
+                raise
+            if wait is None:
+                raise ConfigError(
+                    f"cannot replace {path}: it is in use by another program (an editor, a virus scanner, "
+                    "a file share's sync); the previous file is unchanged. Close it, or exclude the folder "
+                    f"from scanning, then rerun (or choose another path with {flag})"
+                ) from None
+            time.sleep(wait)
 
 
 def temporary_beside(path: Path, flag: str) -> tuple[int, str]:
@@ -2276,7 +2320,7 @@ def read_known_hosts(sftp: SftpSettings) -> KnownHosts:
     if path.is_dir():
         raise ConfigError(f"known_hosts {path} is a directory, not a file; check --known-hosts")
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = path.read_bytes().decode("utf-8").removeprefix("\ufeff")  # Notepad's, PowerShell's BOM
     except FileNotFoundError:
         raise ConfigError(
             f"known_hosts file {path} does not exist; create it with the "

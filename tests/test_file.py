@@ -118,3 +118,22 @@ def test_a_device_or_pipe_is_never_replaced_by_a_file(app, db, tmp_path, flag):
     result = app.run("--sqlite", str(db([Student(1)])), "--no-upload", flag, str(pipe))
     assert result.returncode == 2 and "not a regular file" in result.stderr
     assert pipe.exists() and not pipe.is_file()
+
+
+@pytest.mark.skipif(os.name != "nt", reason="Windows refuses to replace a file another program holds open")
+def test_an_output_file_held_open_by_another_program_is_named_as_in_use(tmp_path):
+    path = tmp_path / "out.txt"
+    path.write_bytes(b"yesterday\n")
+    with open(path, "rb"), pytest.raises(ce.ConfigError) as refused:  # an editor, a scanner
+        write(["1001\tY\tW\tN\n"], path)
+    assert "is in use by another program" in str(refused.value)
+    assert "the previous file is unchanged" in str(refused.value)
+    assert path.read_bytes() == b"yesterday\n"
+    assert os.listdir(tmp_path) == ["out.txt"]
+
+
+def test_known_hosts_with_a_bom_and_crlf_is_read(uploading_app, sftp_server):
+    line = sftp_server.known_hosts_line().strip()
+    uploading_app.known_hosts.write_bytes(b"\xef\xbb\xbf# the SFTP server\r\n" + line.encode() + b"\r\n")
+    result = uploading_app.run(*uploading_app.base_args)
+    assert result.returncode == 0, result.stderr

@@ -5,12 +5,15 @@ import pytest
 from conftest import ORACLE_ENV, SECRET_DB_PASSWORD, Student, one_line
 
 
-def tnsnames(tmp_path, port):
+def tnsnames(tmp_path, port, bom: bool = False):
     folder = tmp_path / "tns"
     folder.mkdir()
-    (folder / "tnsnames.ora").write_text(
-        f"PSPRODDB = (DESCRIPTION=(ADDRESS=(PROTOCOL=TCP)(HOST=127.0.0.1)(PORT={port}))"
-        "(CONNECT_DATA=(SERVICE_NAME=PSPROD)))\n"
+    (folder / "tnsnames.ora").write_bytes(
+        (b"\xef\xbb\xbf" if bom else b"")  # Windows PowerShell 5.1's -Encoding UTF8, Notepad
+        + (
+            f"PSPRODDB =\r\n  (DESCRIPTION=(ADDRESS=(PROTOCOL=TCP)(HOST=127.0.0.1)(PORT={port}))\r\n"
+            "  (CONNECT_DATA=(SERVICE_NAME=PSPROD)))\r\n"
+        ).encode()
     )
     return folder
 
@@ -22,14 +25,18 @@ def closed_port():
         return probe.getsockname()[1]
 
 
-def test_alias_resolves_from_tns_admin_and_the_message_shows_host_and_port(app, tmp_path):
+@pytest.mark.parametrize("bom", [False, True], ids=["plain", "BOM and CRLF"])
+def test_alias_resolves_from_tns_admin_and_the_message_shows_host_and_port(app, tmp_path, bom):
     port = closed_port()
-    env = {**ORACLE_ENV, "POWERSCHOOL_PROD_DB": "PSPRODDB", "TNS_ADMIN": str(tnsnames(tmp_path, port))}
+    folder = tnsnames(tmp_path, port, bom)
+    before = (folder / "tnsnames.ora").read_bytes()
+    env = {**ORACLE_ENV, "POWERSCHOOL_PROD_DB": "PSPRODDB", "TNS_ADMIN": str(folder)}
     result = app.run("--no-upload", "--timeout", "3", env=env)
     assert result.returncode == 3
     line = one_line(result.stderr)
     assert f"PSPRODDB (127.0.0.1:{port}/PSPROD" in line and "Connection refused" in line
     assert "DPY-6005" in line and SECRET_DB_PASSWORD not in result.everything()
+    assert (folder / "tnsnames.ora").read_bytes() == before  # the admin's file is never changed
 
 
 def test_unknown_alias_names_the_alias_and_the_folder(app, tmp_path):
