@@ -2527,6 +2527,27 @@ class RemoteWriteRefused(Exception):
     """The SFTP server answered a write with Failure (disk full, quota)."""
 
 
+def host_key_failure(error, sftp: SftpSettings, known: KnownHosts | None) -> SftpError:
+    """The server's key is unknown, revoked or different: named, with what to do."""
+    where = f"{sftp.host}:{sftp.port}"
+    if any(error.key == key for key in (known.revoked if known else [])):
+        return SftpError(
+            f"host key of {where} ({error.key.fingerprint}) is marked @revoked in "
+            f"{sftp.known_hosts_path}; the server must get a new key: ask its administrator"
+        )
+    if isinstance(error, _UnknownHostKey):
+        return SftpError(
+            f"{where} offered a host key that is not in {sftp.known_hosts_path}; run "
+            "clever_export.py --show-host-key, compare the fingerprint with the server's, "
+            "and add the line it prints"
+        )
+    return SftpError(
+        f"host key of {where} does not match known_hosts ({error.key.fingerprint} offered, "
+        f"{error.expected_key.fingerprint} expected): possibly an attack, or the server was "
+        f"rebuilt; ask its administrator, then replace its line in {sftp.known_hosts_path}"
+    )
+
+
 def sftp_failure(
     error: BaseException,
     sftp: SftpSettings,
@@ -2538,28 +2559,10 @@ def sftp_failure(
 
     where = f"{sftp.host}:{sftp.port}"
     in_dir = f" in {remote_dir}" if remote_dir else ""
-    revoked = known.revoked if known else []
     if isinstance(error, ExportError) or not isinstance(error, Exception):
         return error
-    if isinstance(error, _UnknownHostKey) or (
-        isinstance(error, paramiko.BadHostKeyException) and any(error.key == key for key in revoked)
-    ):
-        if any(error.key == key for key in revoked):
-            return SftpError(
-                f"host key of {where} ({error.key.fingerprint}) is marked @revoked in "
-                f"{sftp.known_hosts_path}; the server must get a new key: ask its administrator"
-            )
-        return SftpError(
-            f"{where} offered a host key that is not in {sftp.known_hosts_path}; run "
-            "clever_export.py --show-host-key, compare the fingerprint with the server's, "
-            "and add the line it prints"
-        )
-    if isinstance(error, paramiko.BadHostKeyException):
-        return SftpError(
-            f"host key of {where} does not match known_hosts ({error.key.fingerprint} offered, "
-            f"{error.expected_key.fingerprint} expected): possibly an attack, or the server was "
-            f"rebuilt; ask its administrator, then replace its line in {sftp.known_hosts_path}"
-        )
+    if isinstance(error, (_UnknownHostKey, paramiko.BadHostKeyException)):
+        return host_key_failure(error, sftp, known)
     if isinstance(error, paramiko.IncompatiblePeer):
         return SftpError(
             f"no common algorithm with {where} ({foreign_text(error)}); ask its administrator to "
@@ -2586,12 +2589,6 @@ def sftp_failure(
         return SftpError(
             f"SFTP path not found on {where}{in_dir} ({foreign_text(error)}); "
             "create the remote directory or fix --remote-dir (or output.remote_dir in the profile)"
-        )
-    if isinstance(error, paramiko.ssh_exception.NoValidConnectionsError):
-        causes = sorted({cause.strerror or type(cause).__name__ for cause in error.errors.values()})
-        return TransientSftpError(
-            f"cannot connect to {where} ({', '.join(causes).lower() or 'no address answered'}); check the "
-            "server is up and reachable (D118_SFTP_ADDRESS, D118_SFTP_PORT, firewall)"
         )
     if isinstance(error, socket.gaierror):
         return SftpError(f"cannot resolve SFTP host {sftp.host!r}; check D118_SFTP_ADDRESS")

@@ -235,3 +235,16 @@ def test_two_keys_of_one_type_for_one_host_are_both_trusted(app, db, openssh_ser
     )
     refused = app.run("--sqlite", str(db([Student(1)])), *args)
     assert refused.returncode == 4 and "@revoked" in refused.stderr
+
+
+def test_a_closed_port_names_its_cause_in_words(uploading_app, sftp_server):
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]
+    uploading_app.known_hosts.write_text(sftp_server.known_hosts_line().replace(str(sftp_server.port), str(port)))
+    result = uploading_app.run(*uploading_app.base_args, "--retries", "2", env={"D118_SFTP_PORT": str(port)})
+    assert result.returncode == 4
+    line = result.stderr.strip().splitlines()[-1]
+    assert f"SFTP connection to 127.0.0.1:{port} failed: connection refused; check the server is up" in line
+    assert "Errno" not in result.stderr and "gave up after 2 attempts" in line
