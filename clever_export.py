@@ -1822,26 +1822,28 @@ class ImportCheck:
         return 100.0 * self.differing / self.compared if self.compared else 0.0
 
 
-def student_rows(batches: Iterable[list[tuple]], number_at: int) -> Iterator[list[list[tuple]]]:
-    """For each batch of rows, the students it completes: each a list of the
-    neighbouring rows that share one raw student_number."""
-    group: list[tuple] = []
-    append_row = group.append
+def student_rows(batches: Iterable[list[tuple]], number_at: int) -> Iterator[list[tuple | list[tuple]]]:
+    """For each batch of rows, the students it completes: a student who is one
+    row as that row (a tuple, the usual case: nothing built), one with several
+    neighbouring rows under one raw student_number as a list of them."""
+    first: tuple | None = None
+    more: list[tuple] | None = None
     number: Any = _NO_ROW_YET
     for batch in batches:
-        done: list[list[tuple]] = []
+        done: list[tuple | list[tuple]] = []
         for row in batch:
             if row[number_at] == number:
-                append_row(row)
-            else:
-                if group:
-                    done.append(group)
-                group = [row]
-                append_row = group.append
-                number = row[number_at]
+                if more is None:
+                    more = [first, row]
+                else:
+                    more.append(row)
+                continue
+            if first is not None:
+                done.append(first if more is None else more)
+            first, more, number = row, None, row[number_at]
         yield done
-    if group:
-        yield [group]
+    if first is not None:
+        yield [first if more is None else more]
 
 
 _NO_ROW_YET = object()
@@ -1904,26 +1906,26 @@ def export_lines(batches: Iterable[list[tuple]], mapper: StudentMapper, changed_
         for students in student_rows(batches, number_at):
             out: list[str] = []  # a batch's lines, handed on together: one hand-over per batch
             emit = out.append
-            for rows in students:
-                first = rows[0]
-                number = first[number_at]
-                if (
-                    fast
-                    and type(number) is int
-                    and previous < number < _FAST_NUMBER_LIMIT
-                    and len(rows) == 1
-                    and not first[test_at]
-                ):
-                    found = memo_get(codes_of(first)) or combination(first)
-                    found.students += 1
-                    previous = number
-                    remember(number)
-                    written += 1
-                    emit(found.before + str(number) + found.after)
-                else:
-                    line = careful(rows)
-                    if line is not None:
-                        emit(line)
+            for student in students:
+                if type(student) is tuple:
+                    number = student[number_at]
+                    if (
+                        fast
+                        and type(number) is int
+                        and previous < number < _FAST_NUMBER_LIMIT
+                        and not student[test_at]
+                    ):
+                        found = memo_get(codes_of(student)) or combination(student)
+                        found.students += 1
+                        previous = number
+                        remember(number)
+                        written += 1
+                        emit(found.before + str(number) + found.after)
+                        continue
+                    student = [student]
+                line = careful(student)
+                if line is not None:
+                    emit(line)
             if out:
                 yield "".join(out)
     finally:
