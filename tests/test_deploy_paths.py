@@ -23,7 +23,7 @@ def deploy(root: Path) -> Path:
 def starting_folder() -> str:
     """Where a scheduler starts the job: System32 on Windows, / under cron and systemd."""
     if os.name == "nt":
-        return os.path.join(os.environ.get("SystemRoot", r"C:\Windows"), "System32")
+        return os.path.join(os.environ.get("SYSTEMROOT", r"C:\Windows"), "System32")
     return "/"
 
 
@@ -31,7 +31,7 @@ def test_a_scheduled_start_from_system32_writes_beside_the_script(tmp_path, sftp
     import subprocess
 
     script = deploy(tmp_path / "Program Files" / "Clever Export Ünïcode")
-    database = make_db(
+    make_db(
         script.parent / "power school.sqlite", [Student(1001), Student(1002, fedethnicity=1, fer=14, lep=1)]
     )
     key = script.parent / "client key"
