@@ -2948,7 +2948,7 @@ class RunLock:
     A nightly run waits a few seconds for it, so a --status that looks at the
     lock at that very moment never turns the night away."""
 
-    WAIT_SECONDS = 5.0
+    WAIT_SECONDS = 2.0
 
     def __init__(self, path: Path, wait: float = WAIT_SECONDS):
         import filelock
