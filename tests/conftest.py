@@ -14,6 +14,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -536,27 +537,92 @@ def start_openssh(tmp_path, extra_config: str = ""):
         "PubkeyAuthentication yes\nUsePAM no\nPermitRootLogin prohibit-password\n"
         "Subsystem sftp internal-sftp\n" + extra_config
     )
-    if os.geteuid() == 0:
-        Path("/run/sshd").mkdir(exist_ok=True)
-    process = subprocess.Popen(
-        [SSHD, "-D", "-e", "-f", str(workdir / "sshd_config")],
-        stdout=subprocess.DEVNULL, stderr=open(workdir / "sshd.log", "w"),
-    )  # fmt: skip
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f"sshd did not start: {(workdir / 'sshd.log').read_text()}")
-            time.sleep(0.05)
+    process = serve([SSHD, "-D", "-e", "-f", str(workdir / "sshd_config")], port, workdir / "sshd.log")
     host_public = (workdir / "host_key.pub").read_text().split()[:2]
     user = getpass.getuser()
     yield OpenSsh(port, client_key, remote_dir, f"[127.0.0.1]:{port} {' '.join(host_public)}\n", user)
     process.terminate()
     process.wait(10)
+
+
+def serve(command: list[str], port: int, log: Path) -> subprocess.Popen:
+    """A server started in the foreground (stderr to `log`), once 127.0.0.1:port accepts."""
+    if command[0] == SSHD and os.geteuid() == 0:
+        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation folder
+    with open(log, "w") as errors:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return process
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"{Path(command[0]).name} did not start: {log.read_text()}")
+            time.sleep(0.05)
+
+
+SFTP_TEST_USER = "clever-sftp-test"
+
+
+@dataclasses.dataclass
+class SftpAccount:
+    """The account real SFTP servers log in (tests/test_upload_servers.py): as root,
+    a system user, so that sshd can chroot it and ProFTPD switch to it; otherwise
+    whoever runs the tests.  `base` is root-owned and not group- or other-writable
+    up to / when root, as sshd's ChrootDirectory requires."""
+
+    user: str
+    base: Path
+    key_file: Path  # ed25519, no passphrase: one login costs no key derivation
+    public_key: str
+
+    @property
+    def is_root(self) -> bool:
+        return os.geteuid() == 0
+
+    @property
+    def group(self) -> str:
+        import grp
+        import pwd
+
+        return grp.getgrgid(pwd.getpwnam(self.user).pw_gid).gr_name
+
+    def own(self, path: Path) -> Path:
+        """`path` made a folder the account owns (its remote directory)."""
+        path.mkdir(parents=True, exist_ok=True)
+        if self.is_root:
+            shutil.chown(path, self.user, self.group)
+        return path
+
+
+@pytest.fixture(scope="session")
+def sftp_account(tmp_path_factory):
+    if sys.platform == "win32":
+        pytest.skip("the real SFTP servers (sshd, ProFTPD, gesftpserver) are not tested on Windows")
+    if shutil.which("ssh-keygen") is None:
+        pytest.skip("ssh-keygen is not installed (.ci/run installs openssh-server)")
+    keys = tmp_path_factory.mktemp("sftp-account")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / "id")], check=True)
+    public_key = (keys / "id.pub").read_text()
+    if os.geteuid() != 0:
+        yield SftpAccount(getpass.getuser(), tmp_path_factory.mktemp("sftp-servers"), keys / "id", public_key)
+        return
+    if subprocess.run(["id", SFTP_TEST_USER], capture_output=True).returncode != 0:
+        if shutil.which("useradd") is None:
+            pytest.skip(f"useradd is not installed: no account {SFTP_TEST_USER} for the SFTP servers")
+        # Not locked (sshd without PAM refuses a "!" password), with a shell (sshd runs subsystems with it).
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
+             "--shell", "/bin/sh", "--password", "*", SFTP_TEST_USER],
+            capture_output=True,
+        )  # fmt: skip
+        subprocess.run(["id", SFTP_TEST_USER], check=True, capture_output=True)
+    base = Path(tempfile.mkdtemp(prefix="clever-export-sftp-", dir="/run"))
+    base.chmod(0o755)
+    yield SftpAccount(SFTP_TEST_USER, base, keys / "id", public_key)
+    shutil.rmtree(base, ignore_errors=True)
 
 
 # --- A real SMTP server on loopback (aiosmtpd): STARTTLS and login required ------
