@@ -2623,10 +2623,10 @@ def refusal(error: BaseException) -> str | None:
 class RemoteRefused(SftpError):
     """The server answered an operation with a refusal: named, never retried."""
 
-    def __init__(self, operation: str, path: str, reason: str, needs: str):
+    def __init__(self, operation: str, path: str, reason: str, needs: str, shown: str = ""):
         folder = posixpath.dirname(path) + "/"
         super().__init__(
-            f"the server refused {operation} {path} ({reason}): the account needs {needs} in {folder}"
+            f"the server refused {operation} {shown or path} ({reason}): the account needs {needs} in {folder}"
         )
         self.reason = reason
 
@@ -2649,7 +2649,7 @@ def remote_call(operation: str, path: str, call: Callable[[], Any], shown: str =
         reason = refusal(error)
         if reason is None or (operation == "OPEN" and reason == "no such file"):
             raise  # a network failure, or a remote directory that is not there: sftp_failure names it
-        raise RemoteRefused(operation, shown or path, reason, REMOTE_RIGHTS[operation]) from None
+        raise RemoteRefused(operation, path, reason, REMOTE_RIGHTS[operation], shown) from None
 
 
 def remote_exists(session, path: str) -> Any:
@@ -2663,6 +2663,16 @@ def remote_exists(session, path: str) -> Any:
 class Placement(NamedTuple):
     size: int  # bytes of the final file on the server
     notes: list[str]  # warnings the night goes on after (a refused chmod, a leftover)
+    moved_aside: bool  # the server refused posix-rename: the old file went to .previous first
+
+
+def remote_paths(remote_dir: str, final_name: str) -> tuple[str, str, str]:
+    """The final file, and the temporary and moved-aside names beside it: dot-names,
+    which an importer reading the folder never sees."""
+    hidden = final_name if final_name.startswith(".") else f".{final_name}"
+    return tuple(
+        posixpath.join(remote_dir, name) for name in (final_name, f"{hidden}.partial", f"{hidden}.previous")
+    )
 
 
 def put_atomically(session, local_path: Path, remote_dir: str, final_name: str, mode: int) -> Placement:
@@ -2675,15 +2685,13 @@ def put_atomically(session, local_path: Path, remote_dir: str, final_name: str, 
     stop removes the temporary file (after closing it: Windows servers keep an
     open file).  The rename, once begun, finishes whatever signal arrives.
     """
-    final_path = posixpath.join(remote_dir, final_name)
-    partial_path = posixpath.join(remote_dir, f".{final_name}.partial")
-    previous_path = posixpath.join(remote_dir, f".{final_name}.previous")
+    final_path, partial_path, previous_path = remote_paths(remote_dir, final_name)
     notes = restore_previous(session, final_path, previous_path)
     if remote_exists(session, partial_path) is not None:
         remote_call("REMOVE", partial_path, lambda: session.remove(partial_path))
     created = False
     try:
-        with remote_call("OPEN", partial_path, lambda: open_exclusive(session, partial_path, mode)) as remote:
+        with open_partial(session, partial_path, mode) as remote:
             created = True
             notes += set_mode(remote, partial_path, mode)
             write_all(remote, local_path, partial_path)
@@ -2701,7 +2709,9 @@ def put_atomically(session, local_path: Path, remote_dir: str, final_name: str, 
                 "remove it on the server or change output.file_name"
             )
         with STOP.deferred_section():
-            notes += rename_over(session, partial_path, final_path, previous_path, final is not None)
+            moved_aside = rename_over(
+                session, partial_path, final_path, previous_path, final is not None, notes
+            )
             created = False  # from here the file is tonight's final one
             final = session.lstat(final_path)
     except BaseException as error:
@@ -2716,7 +2726,21 @@ def put_atomically(session, local_path: Path, remote_dir: str, final_name: str, 
             f"{final_path} on the server is not the {local_size}-byte file just uploaded; "
             "check the server's disk space and rerun"
         )
-    return Placement(final.st_size, notes)
+    return Placement(final.st_size, notes, moved_aside)
+
+
+def open_partial(session, partial_path: str, mode: int):
+    """The temporary file, created exclusively with its mode in the OPEN request.
+    A server that creates the file and then refuses to set the mode it was asked
+    for (ProFTPD's <Limit SITE_CHMOD> DenyAll) gets a plain OPEN instead: the
+    mode is then asked for, and reported, by set_mode."""
+    try:
+        return remote_call("OPEN", partial_path, lambda: open_exclusive(session, partial_path, mode))
+    except RemoteRefused as error:
+        if error.reason != "permission denied" or remote_exists(session, partial_path) is None:
+            raise
+    remote_call("REMOVE", partial_path, lambda: session.remove(partial_path))
+    return remote_call("OPEN", partial_path, lambda: open_exclusive(session, partial_path, None))
 
 
 def write_all(remote, local_path: Path, partial_path: str) -> None:
@@ -2779,20 +2803,21 @@ def remove_partial(session, partial_path: str) -> str | None:
 
 
 def rename_over(
-    session, partial_path: str, final_path: str, previous_path: str, replacing: bool
-) -> list[str]:
+    session, partial_path: str, final_path: str, previous_path: str, replacing: bool, notes: list[str]
+) -> bool:
     """Put the temporary file at the final name: posix-rename, or where the server
-    refuses it, move the old file aside (a dot-name the importer never reads) first."""
+    refuses it, move the old file aside (a dot-name the importer never reads)
+    first; whether that fallback was needed (a refused cleanup goes to `notes`)."""
     try:
         session.posix_rename(partial_path, final_path)
-        return []
+        return False
     except OSError as error:
         if refusal(error) in (None, "no such file"):
             raise
     if not replacing:
         remote_call("RENAME", partial_path, lambda: session.rename(partial_path, final_path),
                     f"{partial_path} -> {final_path}")  # fmt: skip
-        return []
+        return True
     if remote_exists(session, previous_path) is not None:
         remote_call("REMOVE", previous_path, lambda: session.remove(previous_path))
     remote_call("RENAME", final_path, lambda: session.rename(final_path, previous_path),
@@ -2807,8 +2832,8 @@ def rename_over(
     try:
         remote_call("REMOVE", previous_path, lambda: session.remove(previous_path))
     except RemoteRefused as error:
-        return [f"tonight's file is in place, but {error}; delete {previous_path} there"]
-    return []
+        notes.append(f"tonight's file is in place, but {error}; delete {previous_path} there")
+    return True
 
 
 def restore_previous(session, final_path: str, previous_path: str) -> list[str]:
@@ -2823,7 +2848,7 @@ def restore_previous(session, final_path: str, previous_path: str) -> list[str]:
     ]
 
 
-def open_exclusive(session, path: str, mode: int):
+def open_exclusive(session, path: str, mode: int | None):
     """Create `path` for writing, failing if anything stands there, with `mode`
     sent in the same request: the file is never readable by others, not even
     empty.  (paramiko's open() sends no permissions, so the server's umask would
@@ -2833,7 +2858,8 @@ def open_exclusive(session, path: str, mode: int):
     from paramiko.sftp_file import SFTPFile
 
     attributes = SFTPAttributes()
-    attributes.st_mode = mode
+    if mode is not None:
+        attributes.st_mode = mode
     kind, message = session._request(
         CMD_OPEN, session._adjust_cwd(path), SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_EXCL, attributes
     )
@@ -2876,47 +2902,46 @@ def upload(
 PROBE_NAME = ".clever_export_check.txt"  # --check's file: no student data, a dot-name the importer skips
 
 
-def remote_leftovers(session, remote_dir: str, final_name: str) -> list[str]:
-    """What --check reports of the real files: a swap cut short, leftovers in the folder."""
-    final, partial, previous = (
-        posixpath.join(remote_dir, name)
-        for name in (final_name, f".{final_name}.partial", f".{final_name}.previous")
-    )
+def remote_leftovers(session, remote_dir: str, final_name: str, moved_aside: bool) -> list[str]:
+    """--check on the real files: a swap cut short, and leftovers in the folder.
+    A leftover moved-aside file is in the way of a night that must move the old
+    file aside (no posix-rename): it is removed here as the night would, and a
+    refusal fails --check with the night's own message."""
+    final, partial, previous = remote_paths(remote_dir, final_name)
     notes = []
-    with contextlib.suppress(OSError):
-        if remote_exists(session, previous) is not None:
-            if remote_exists(session, final) is None:
-                notes.append(
-                    f"{final} is missing after an interrupted swap; the next run puts {previous} back"
-                )
-            else:
-                notes.append(
-                    f"{previous} is left from an earlier run (its delete was refused); delete it there"
-                )
-        if remote_exists(session, partial) is not None:
-            notes.append(f"{partial} is left from an earlier run; the next run removes it")
+    if remote_exists(session, previous) is not None:
+        if remote_exists(session, final) is None:
+            notes.append(f"{final} is missing after an interrupted swap; the next run puts {previous} back")
+        elif moved_aside:
+            remote_call("REMOVE", previous, lambda: session.remove(previous))
+            notes.append(f"{previous} was left from an earlier run; removed, as the next run would")
+        else:
+            notes.append(f"{previous} is left from an earlier run (its delete was refused); delete it there")
+    if remote_exists(session, partial) is not None:
+        notes.append(f"{partial} is left from an earlier run; the next run removes it")
     return notes
 
 
-def probe_remote_dir(session, sftp: SftpSettings, remote_dir: str, mode: int) -> list[str]:
+def probe_remote_dir(session, sftp: SftpSettings, profile: Profile) -> list[str]:
     """--check: the night's exact remote sequence on a probe file holding no
     student data (create with the mode, write, chmod if needed, rename over an
-    existing file, with the fallback), then the probe removed; returns warnings."""
+    existing file, with the fallback), the probe removed, then the real files
+    looked at as the night will find them; returns warnings."""
+    remote_dir, mode = profile.remote_dir, profile.remote_mode
     with tempfile.TemporaryDirectory() as folder:
         probe = Path(folder) / "probe"
         probe.write_bytes(b"clever_export --check: a probe file, no student data\n")
         try:
             notes = put_atomically(session, probe, remote_dir, PROBE_NAME, mode).notes
-            notes += put_atomically(
-                session, probe, remote_dir, PROBE_NAME, mode
-            ).notes  # over an existing file
+            over = put_atomically(session, probe, remote_dir, PROBE_NAME, mode)  # over an existing file
+            final = posixpath.join(remote_dir, PROBE_NAME)
+            try:
+                remote_call("REMOVE", final, lambda: session.remove(final))
+            except RemoteRefused as error:
+                notes.append(f"{error}; the probe file {final} is left (a night does not need to delete it)")
+            notes += over.notes + remote_leftovers(session, remote_dir, profile.file_name, over.moved_aside)
         except BaseException as error:
             raise sftp_failure(error, sftp, remote_dir=remote_dir) from None
-    final = posixpath.join(remote_dir, PROBE_NAME)
-    try:
-        remote_call("REMOVE", final, lambda: session.remove(final))
-    except RemoteRefused as error:
-        notes.append(f"{error}; the probe file {final} is left (a night does not need to delete it)")
     return list(dict.fromkeys(notes))
 
 
@@ -3657,9 +3682,9 @@ def check_sftp(check: Checklist, options: RunOptions, sftp: SftpSettings) -> Non
     try:
         notes = check(
             f"remote directory {remote_dir} writable",
-            lambda: probe_remote_dir(session, sftp, remote_dir, options.profile.remote_mode),
+            lambda: probe_remote_dir(session, sftp, options.profile),
         )
-        for note in [*remote_leftovers(session, remote_dir, options.profile.file_name), *(notes or [])]:
+        for note in notes if isinstance(notes, list) else []:
             print(f"[WARN] {note}")
     finally:
         close_sftp(client)

@@ -120,7 +120,12 @@ def test_a_refused_cleanup_after_the_final_rename_is_a_success(uploading_app, sf
     status = uploading_app.run("--status")
     assert status.returncode == 0 and "exit 0" in status.stdout
     # The next night: the leftover is in the way of the move aside, and its delete is refused.
-    assert "[WARN] /sftp/clever/.raceethnicity.txt.previous is left" in check(uploading_app).stdout
+    checked = check(uploading_app)  # the night will need to move the file aside again: check says so now
+    assert checked.returncode == 4
+    assert (
+        "[FAIL] remote directory /sftp/clever/ writable: the server refused REMOVE /sftp/clever/.raceethnicity.txt.previous"
+        in checked.stdout
+    )
     again = night(uploading_app)
     assert again.returncode == 4
     line = one_line(again.stderr)

@@ -314,8 +314,8 @@ def test_internal_sftp_refusing_chmod_sends_none_when_open_gave_the_mode(real_se
 def test_internal_sftp_refusing_chmod_warns_with_the_mode_its_umask_gave(real_server, app, db):
     server = real_server("internal-sftp", "-P setstat,fsetstat -u 0077")
     deploy(app, db, server, "--remote-mode", "640")
-    refused = "the server refused chmod 640 on /upload/.{}.partial (permission denied); the file has mode 600"
-    first_and_over(app, server, 0o600, refused.format(FINAL), check_warns=[refused.format(PROBE)])
+    refused = "the server refused chmod 640 on /upload/{}.partial (permission denied); the file has mode 600"
+    first_and_over(app, server, 0o600, refused.format("." + FINAL), check_warns=[refused.format(PROBE)])
 
 
 def test_internal_sftp_umask_077_is_corrected_by_the_chmod(real_server, app, db):
@@ -340,13 +340,13 @@ def cleanup_refused_twice(app, server: RealServer):
     succeeded(app, server, night(app))
     server.plant_yesterdays_file()
     checked = check(app)
-    for name in (PROBE, f".{PROBE}.previous"):  # what its refused deletes left, as it warned
+    for name in (PROBE, f"{PROBE}.previous"):  # what its refused deletes left, as it warned
         os.remove(server.remote(name))
     second = night(app)
     previous = f".{FINAL}.previous"
     refused = f"the server refused REMOVE {server.remote_dir}/{previous} (permission denied)"
     succeeded(app, server, second, warning="tonight's file is in place, but " + refused, left=[previous])
-    verdicts_agree(checked, second, f"the server refused REMOVE {server.remote_dir}/.{PROBE}.previous")
+    verdicts_agree(checked, second, f"the server refused REMOVE {server.remote_dir}/{PROBE}.previous")
     return refused
 
 
@@ -362,16 +362,11 @@ def test_internal_sftp_refusing_rename_over_and_delete_leaves_the_old_file_aside
     assert server.remote().read_bytes() == app.output.read_bytes()  # last night's file still in place
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="script bug: --check only warns of a .previous left by a refused delete (remote_leftovers), "
-    "and passes, where the night must move the file aside (posix-rename refused) and fails with exit 4",
-)
 def test_internal_sftp_check_fails_where_the_leftover_blocks_the_night(real_server, app, db):
     server = real_server("internal-sftp", "-P posix-rename,remove")
     cleanup_refused_twice(deploy(app, db, server), server)
     checked = check(app)
-    verdicts_agree(checked, night(app), f"/upload/.{FINAL}.previous is left from an earlier run")
+    verdicts_agree(checked, night(app))  # both refuse REMOVE of the leftover .previous
 
 
 def test_proftpd_without_posix_rename_moves_the_old_file_aside(real_server, app, db):
@@ -385,16 +380,12 @@ def test_proftpd_denying_delete_needs_none(real_server, app, db):
     first_and_over(deploy(app, db, server), server, check_warns=[refused])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="script bug: ProFTPD refuses an OPEN carrying a mode when SITE_CHMOD is denied, after creating "
-    "the file; the night fails naming OPEN and 'create and write rights' and leaves an empty .partial, "
-    "where OPEN without the mode, then the refused chmod as a warning, would succeed",
-)
 def test_proftpd_denying_chmod_is_a_warning_with_the_mode_the_file_has(real_server, app, db):
     server = real_server("proftpd", "<Limit SITE_CHMOD>\n  DenyAll\n</Limit>")
-    refused = "the server refused chmod 600 on /upload/.{}.partial (permission denied); the file has mode 644"
-    first_and_over(deploy(app, db, server), server, 0o644, refused.format(FINAL), [refused.format(PROBE)])
+    refused = "the server refused chmod 600 on /upload/{}.partial (permission denied); the file has mode 644"
+    first_and_over(
+        deploy(app, db, server), server, 0o644, refused.format("." + FINAL), [refused.format(PROBE)]
+    )
 
 
 def test_proftpd_denying_rename_fails_naming_it_and_keeps_yesterdays_file(real_server, app, db):
@@ -415,11 +406,6 @@ def test_proftpd_denying_rename_fails_naming_it_and_keeps_yesterdays_file(real_s
     verdicts_agree(check(app), over)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="script bug: RemoteRefused takes the folder from the shown 'A -> B' text, so a refused RENAME "
-    "reads 'rights in /upload/.raceethnicity.txt.partial -> /upload/'",
-)
 def test_proftpd_denying_rename_names_the_folder(real_server, app, db):
     server = real_server("proftpd", "<Limit RNFR RNTO>\n  DenyAll\n</Limit>")
     line = one_line(night(deploy(app, db, server)).stderr)
