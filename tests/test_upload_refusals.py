@@ -91,7 +91,7 @@ def test_neither_replace_nor_delete_fails_once_naming_the_right_needed(uploading
     assert result.returncode == 4
     line = one_line(result.stderr)
     assert f"the server refused RENAME {FINAL} -> /sftp/clever/.raceethnicity.txt.previous" in line
-    assert "(permission denied): the account needs rename/delete rights in /sftp/clever/" in line
+    assert line.endswith("(permission denied): the account needs rename/delete rights in /sftp/clever/"), line
     assert "firewall" not in line and "gave up" not in line
     assert sftp_server.connections == 1  # a refusal is an answer: not retried
     assert sftp_server.remote().read_bytes() == yesterday
