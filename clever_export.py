@@ -61,6 +61,14 @@ README.md is the admin's path; docs/ holds the details.
 
 from __future__ import annotations
 
+import signal
+
+if __name__ == "__main__":
+    # A stop while the modules load is recorded too (main() acts on it), not a traceback.
+    _EARLY_STOPS: list[int] = []
+    for _signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(_signum, lambda signum, frame: _EARLY_STOPS.append(signum))
+
 import argparse
 import array
 import collections
@@ -81,7 +89,6 @@ import posixpath
 import re
 import shlex
 import shutil
-import signal
 import socket
 import sqlite3
 import stat
@@ -457,14 +464,20 @@ def validate_profile(profile: Profile, source: str = "config") -> None:
             f"{source}: output.columns must name each of {', '.join(OUTPUT_COLUMNS)} "
             f"at most once; got {list(profile.columns)}"
         )
-    if "student_number" not in profile.columns:
-        raise ConfigError(f"{source}: output.columns must include student_number (AutoComm matches on it)")
+    if "student_number" not in profile.columns or len(profile.columns) < 2:
+        raise ConfigError(
+            f"{source}: output.columns must include student_number (AutoComm matches on it) and at least "
+            "one of Hispanic_Latino, Race, ELL"
+        )
     check_file_name(profile.file_name, f"{source}: output.file_name")
     if not profile.remote_dir.startswith("/"):
         raise ConfigError(f"{source}: output.remote_dir must be an absolute path such as /sftp/clever/")
     if profile.enroll_statuses is not None and not (
         profile.enroll_statuses
-        and all(re.fullmatch(r"-?[0-9]{1,3}", status, re.ASCII) for status in profile.enroll_statuses)
+        and all(
+            isinstance(status, str) and re.fullmatch(r"-?[0-9]{1,3}", status, re.ASCII)
+            for status in profile.enroll_statuses
+        )
     ):
         raise ConfigError(
             f"{source}: students.enroll_statuses must list whole numbers such as [0] or [0, -1], "
@@ -588,6 +601,12 @@ def read_settings(env_file: Path | None, environ: dict[str, str]) -> Settings:
     else:
         path = None
     given = {name: value for name, value in environ.items() if value.strip()}
+    for name, value in {**from_file, **given}.items():
+        if name in SETTING_NAMES and not value.isprintable():  # control characters, or bytes not UTF-8
+            raise ConfigError(  # never the value: it may be a password
+                f"{name} holds characters that are not printable UTF-8 text; set it again "
+                f"({'in the process environment' if name in given else f'in the env file {path}'})"
+            )
     values = {**from_file, **given}
     label = str(path) if path else ""
     sources = {
@@ -713,8 +732,9 @@ def database_settings(environ: dict[str, str]) -> DatabaseSettings:
     password = _require_env(environ, "POWERSCHOOL_DB_PASSWORD", "its password")
     dsn = _require_env(environ, "POWERSCHOOL_PROD_DB", "Easy Connect string such as host:1521/PSPRODDB")
     register_secret(password)
-    if "@" in dsn and "/" in dsn.partition("@")[0]:
-        register_secret(dsn.partition("@")[0].partition("/")[2])
+    if "@" in dsn:  # user/password@host, user:password@host: never shown
+        credentials = dsn.rpartition("@")[0]
+        register_secret(re.split(r"[/:]", credentials, maxsplit=1)[-1])
         raise ConfigError(
             "POWERSCHOOL_PROD_DB holds a user/password@ part; give only host:port/service (or an alias) "
             "there, and the password in POWERSCHOOL_DB_PASSWORD"
@@ -739,6 +759,16 @@ def sftp_settings(
     environ: dict[str, str], known_hosts_path: Path, timeout: float, need_login: bool = True
 ) -> SftpSettings:
     host = _require_env(environ, "D118_SFTP_ADDRESS", "SFTP server host name or address")
+    if re.fullmatch(r"[^:]+:[0-9]+", host):
+        raise ConfigError(
+            "D118_SFTP_ADDRESS holds a port; give the host alone there and the port in D118_SFTP_PORT"
+        )
+    try:
+        host.encode("idna")
+    except UnicodeError:  # an empty label (sftp..district.org), a label over 63 letters
+        raise ConfigError(
+            f"D118_SFTP_ADDRESS {escape_text(host)[:80]!r} is not a valid host name or address; check it"
+        ) from None
     port_text = environ.get("D118_SFTP_PORT", "").strip() or "22"
     if not re.fullmatch(r"[0-9]{1,5}", port_text, re.ASCII) or not 0 < int(port_text) < 65536:
         raise ConfigError(f"D118_SFTP_PORT must be a port number 1-65535, not {escape_text(port_text)!r}")
@@ -803,11 +833,17 @@ def _first_line(error: BaseException) -> str:
     return text[0] if text else type(error).__name__
 
 
+WITHHELD = "(the message is withheld: it held a password)"
+
+
 def foreign_text(error: BaseException | str, limit: int = 300) -> str:
-    """Outside text (an exception, a server's words) made fit for a message:
-    the first line, secrets redacted, control characters escaped, shortened."""
+    """Outside text (an exception, a server's words) made fit for a message: the
+    first line, control characters escaped, shortened; withheld whole if a secret
+    stands in it (masking only that word in a standard message would show it)."""
     text = error if isinstance(error, str) else _first_line(error)
-    text = escape_text(redact(text))
+    if redact(text) != text:
+        return WITHHELD
+    text = escape_text(text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -1265,8 +1301,7 @@ def database_message(error: BaseException, limit: int = 300) -> str:
             if line and line not in parts and not line.startswith("Help:"):
                 parts.append(line)
         current = current.__cause__ or current.__context__
-    text = escape_text(redact(" ".join(parts) or type(error).__name__))
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return foreign_text(" ".join(parts) or type(error).__name__, limit)
 
 
 # =============================================================================
@@ -2046,11 +2081,25 @@ def make_owner_only_folders(folder: Path) -> None:
             os.chmod(part, 0o700)
 
 
+PROBE_BYTES = 1 << 16  # --check writes this much: a disk with no room fails here, not at night
+
+
 def probe_folder(path: Path, flag: str) -> None:
-    """Prove the folder `path` goes in writable (for --check), leaving nothing."""
+    """Prove the folder `path` goes in writable, with room (for --check), leaving nothing."""
     descriptor, temp_name = temporary_beside(path, flag)
-    os.close(descriptor)
-    os.unlink(temp_name)
+    try:
+        with open(descriptor, "wb") as probe:
+            probe.write(bytes(PROBE_BYTES))
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as error:
+        raise ConfigError(
+            f"cannot write in {path.parent} ({error.strerror}); free disk space or fix the folder, "
+            f"or choose another with {flag}"
+        ) from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(temp_name)
 
 
 def remove_stale_temporaries(path: Path) -> None:
@@ -2129,12 +2178,13 @@ class ImportCheckRecord:
 
     def describe(self) -> str:
         if self.skipped:
-            return f"last import check: {self.at}: skipped ({self.skipped})"
+            return escape_text(f"last import check: {self.at}: skipped ({self.skipped})")
         example = f"; e.g. {self.example}" if self.example else ""
+        counts = self.blank_not_applied if isinstance(self.blank_not_applied, dict) else {}
         blanks = "".join(
-            f"; {field} sent blank but still set: {count}" for field, count in self.blank_not_applied.items()
+            f"; {escape_text(field)} sent blank but still set: {count}" for field, count in counts.items()
         )
-        return (
+        return escape_text(
             f"last import check: {self.at} (upload of {self.upload_at}): "
             f"{self.differing} of {self.compared} students differed{example}{blanks}"
         )
@@ -2576,8 +2626,11 @@ def sftp_failure(
             f"echoing for non-interactive logins); make it silent for {sftp.username}"
         )
     if isinstance(error, paramiko.AuthenticationException):
+        # paramiko's words are a constant ("Authentication failed."): only the methods the server allows say more.
+        allowed = getattr(error, "allowed_types", None)
+        detail = f" (the server allows only: {', '.join(map(escape_text, allowed))})" if allowed else ""
         return SftpError(
-            f"SFTP login as {sftp.username} on {where} failed ({foreign_text(error)}); check "
+            f"SFTP login as {sftp.username} on {where} failed{detail}; check "
             "D118_SFTP_USERNAME and D118_SFTP_PASSWORD or D118_SFTP_KEY_FILE"
         )
     if isinstance(error, RemoteWriteRefused):
@@ -2713,7 +2766,7 @@ def put_atomically(session, local_path: Path, remote_dir: str, final_name: str, 
                 session, partial_path, final_path, previous_path, final is not None, notes
             )
             created = False  # from here the file is tonight's final one
-            final = session.lstat(final_path)
+            final = verify_final(session, final_path, notes)
     except BaseException as error:
         left = remove_partial(session, partial_path) if created else None
         if left and isinstance(error, ExportError):
@@ -2721,12 +2774,26 @@ def put_atomically(session, local_path: Path, remote_dir: str, final_name: str, 
         elif left:
             LOG.warning("%s", left)
         raise
+    if final is None:  # renamed into place, then the connection went: the night is done
+        return Placement(local_size, notes, moved_aside)
     if not stat.S_ISREG(final.st_mode) or final.st_size != local_size:
         raise SftpError(
             f"{final_path} on the server is not the {local_size}-byte file just uploaded; "
             "check the server's disk space and rerun"
         )
     return Placement(final.st_size, notes, moved_aside)
+
+
+def verify_final(session, final_path: str, notes: list[str]):
+    """The final file's attributes after the rename; None, with a note, if the
+    server cannot say any more (the rename was answered: tonight's file is there)."""
+    try:
+        return session.lstat(final_path)
+    except Exception as error:  # a dropped connection, or the importer already took the file
+        notes.append(
+            f"tonight's file was renamed into place, but its size could not be checked ({foreign_text(error, 80)})"
+        )
+        return None
 
 
 def open_partial(session, partial_path: str, mode: int):
@@ -3031,7 +3098,8 @@ class RecentLines(logging.Handler):
         self.lines: collections.deque[str] = collections.deque(maxlen=size)
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(self.format(record))
+        if not getattr(record, "report", False):  # the --dry-run report's codes stay off the ping
+            self.lines.append(self.format(record))
 
 
 class OneLine(logging.Formatter):
@@ -3153,18 +3221,29 @@ def notify_targets(settings: Settings) -> list[str]:
     return settings.values.get("CLEVER_NOTIFY", "").split()
 
 
+# Apprise schemes whose host part is a server's address; for the others (pbul://,
+# ifttt://, pover://...) the "host" is a token, a credential, and is never shown.
+ADDRESS_SCHEMES = frozenset(
+    {"mailto", "mailtos", "json", "jsons", "xml", "xmls", "form", "forms", "ntfy", "ntfys", "http", "https",
+     "workflow", "workflows"}
+)  # fmt: skip
+
+
 def target_shown(url: str) -> str:
-    """What may be shown of a notification URL: its scheme and host (the rest holds credentials)."""
-    scheme = url.partition("://")[0] if "://" in url else ""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        where = parts.hostname or ""
-        where += f":{parts.port}" if parts.port else ""
-    except ValueError:  # a malformed address or port: say less
-        where = "?"
+    """What may be shown of a notification URL: its scheme, and its host where
+    that is a server's address (the rest holds credentials)."""
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
     if not scheme:
         return "a URL without ://"
-    return f"{escape_text(scheme)[:20]}://{escape_text(where)[:80]}"
+    shown = f"{escape_text(scheme)[:20]}://"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        where = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    except ValueError:  # a malformed address or port: say less
+        return shown + "?"
+    if scheme not in ADDRESS_SCHEMES or "@" in parts.path:
+        return shown + "…"  # a token for a host, or a password with an unencoded "/" in it
+    return shown + escape_text(where)[:80]
 
 
 def notify(options: RunOptions, code: int, message: str, test: bool = False) -> bool:
@@ -3261,7 +3340,7 @@ def run_export(options: RunOptions, state: State, record: RunRecord) -> Summary:
             state.last_import_check.describe() if state.last_import_check else "last import check: none yet"
         )
         for line in [*summary.report().splitlines(), f"  {shown}"]:
-            LOG.info("%s", line)  # one log line per report line
+            LOG.info("%s", line, extra={"report": True})  # one log line per report line
     if options.uploads:
         publish(options, prepared, state, mapper, record)
     LOG.info("%s", summary.line(time.monotonic() - started))
@@ -3550,7 +3629,11 @@ def show_status(state_path: Path, lock_path: Path, max_age_hours: float | None) 
         )
         last_run, code = None, EXIT_TERMINATED
     if last_run is not None:
-        code = last_run.exit_code if type(last_run.exit_code) is int else EXIT_BUG
+        code = (
+            last_run.exit_code
+            if type(last_run.exit_code) is int and 0 <= last_run.exit_code <= 255
+            else EXIT_BUG
+        )
         print(
             f"last run: {escape_text(last_run.started)} to {escape_text(last_run.finished or '?')}, exit {code} "
             f"({EXIT_CODES.get(code, 'unknown')})"
@@ -3577,7 +3660,7 @@ def show_status(state_path: Path, lock_path: Path, max_age_hours: float | None) 
             if age is not None and age < -0.25:
                 shown = f"{-age:.1f} hours in the future (check the clock)"
             print(f"the last successful upload was {shown}: --max-age is {max_age_hours:g} hours")
-            return EXIT_BUG if code == EXIT_OK else code
+            return EXIT_BUG if code in (EXIT_OK, EXIT_CONFIG) else code  # 1: too old (or none), as documented
     return code
 
 
@@ -3612,17 +3695,16 @@ def run_check(options: RunOptions) -> int:
         f"output folder {options.output_path.parent} writable",
         lambda: probe_folder(options.output_path, "--output"),
     )
-    check(
-        f"lock {options.lock_path} free",
-        lambda: RunLock(options.lock_path, wait=0).__enter__().__exit__(),
-        warn_only=True,
-    )
+    check(f"lock {options.lock_path} usable", lambda: probe_lock(options.lock_path))
     values = options.settings.values
     database = None
     if options.source == "oracle":
         database = check("database variables set", lambda: database_settings(values))
     if database or options.source != "oracle":
         check_database(check, options, database)
+    targets = notify_targets(options.settings)
+    if targets:
+        check("alert targets (CLEVER_NOTIFY) understood by Apprise", lambda: check_targets(targets))
     sftp = check(
         "SFTP variables set", lambda: sftp_settings(values, options.known_hosts_path, options.timeout)
     )
@@ -3630,6 +3712,37 @@ def run_check(options: RunOptions) -> int:
         check_sftp(check, options, sftp)
     print("all checks passed" if check.first_failure == EXIT_OK else "some checks failed")
     return check.first_failure
+
+
+def check_targets(targets: list[str]) -> None:
+    """--check: every CLEVER_NOTIFY URL is one Apprise can send to."""
+    try:
+        import apprise
+    except ImportError:
+        raise ConfigError(
+            "CLEVER_NOTIFY is set but Apprise is not installed; run: python -m pip install -r requirements.txt"
+        ) from None
+    apprise_log = logging.getLogger("apprise")
+    level, apprise_log.level = apprise_log.level, logging.CRITICAL + 1
+    try:
+        bad = [target_shown(url) for url in targets if not apprise.Apprise().add(url)]
+    finally:
+        apprise_log.setLevel(level)
+    if bad:
+        raise ConfigError(
+            f"CLEVER_NOTIFY: Apprise does not understand {', '.join(bad)}; fix the URL (see docs/alerts.md)"
+        )
+
+
+def probe_lock(lock_path: Path) -> str | None:
+    """--check: the lock can be taken (a run holding it now is only noted; one
+    the account cannot open, as after a run as root, fails like the night)."""
+    try:
+        with RunLock(lock_path, wait=0):
+            return None
+    except LockedError:
+        print(f"[WARN] lock {lock_path} is held by a run now")
+        return None
 
 
 def check_database(check: Checklist, options: RunOptions, database: DatabaseSettings | None) -> None:
@@ -4096,6 +4209,11 @@ def check_own_files(options: RunOptions, args: argparse.Namespace) -> None:
         "--state-file": options.state_path,
         "--log-file": options.log_path,
         "--lock-file": options.lock_path,
+        "the import check's copy (beside --state-file)": options.sent_copy_path,
+        **{
+            f"a rotated log ({options.log_path.name}.{n})": Path(f"{options.log_path}.{n}")
+            for n in range(1, LOG_BACKUPS + 1)
+        },
     }
     key_file = options.settings.values.get("D118_SFTP_KEY_FILE", "").strip()
     kept = {
@@ -4105,25 +4223,11 @@ def check_own_files(options: RunOptions, args: argparse.Namespace) -> None:
         "--config": beside_script(args.config) if args.config else None,
         "--sqlite": options.sqlite_path,
         "D118_SFTP_KEY_FILE": beside_script(key_file) if key_file else None,
-        "the import check's copy": options.sent_copy_path,
         "requirements.txt": SCRIPT_DIR / "requirements.txt",
         "the demo data": DEMO_SEED_FILE,
-        **{
-            f"a rotated log ({options.log_path.name}.{n})": Path(f"{options.log_path}.{n}")
-            for n in range(1, LOG_BACKUPS + 1)
-        },
     }
     for flag, path in written.items():
-        # Replaced by rename: a device or folder there (--output /dev/null as root) would be destroyed.
-        if flag != "--log-file" and path.exists() and not path.is_file():
-            raise ConfigError(f"{flag} {path} exists and is not a regular file; choose a file path")
-        if flag == "--log-file" and path.is_dir():
-            raise ConfigError(
-                f"--log-file {path} is a folder; give a file path such as {path / 'clever_export.log'}"
-            )
-        for parent in path.parents:
-            if parent.exists() and not parent.is_dir():
-                raise ConfigError(f"{flag} {path} cannot be created: {parent} is a file, not a folder")
+        check_writable_path(flag, path)
     flags = list(written.items())
     for at, (flag, path) in enumerate(flags):
         for other, other_path in flags[at + 1 :]:
@@ -4134,6 +4238,31 @@ def check_own_files(options: RunOptions, args: argparse.Namespace) -> None:
                 raise ConfigError(
                     f"{flag} {path} is {what}, which the run would overwrite; choose another path"
                 )
+
+
+def check_writable_path(flag: str, path: Path) -> None:
+    """A path the run writes: a regular file or nothing yet, in folders (the log
+    may also be /dev/null, never another device: /dev/stderr would carry student lines)."""
+    try:
+        if flag == "--log-file" and path.is_dir():
+            raise ConfigError(
+                f"--log-file {path} is a folder; give a file path such as {path / 'clever_export.log'}"
+            )
+        # Replaced by rename: a device or folder there (--output /dev/null as root) would be destroyed.
+        if (
+            path.exists()
+            and not path.is_file()
+            and not (flag == "--log-file" and same_file(path, Path(os.devnull)))
+        ):
+            raise ConfigError(f"{flag} {path} exists and is not a regular file; choose a file path")
+        for parent in path.parents:
+            if parent.exists() and not parent.is_dir():
+                raise ConfigError(f"{flag} {path} cannot be created: {parent} is a file, not a folder")
+    except OSError as error:  # a folder the account cannot enter, a name too long
+        raise ConfigError(
+            f"{flag} {path} cannot be reached ({error.strerror}); the account that runs the job needs "
+            "access to its folder, or choose another path"
+        ) from None
 
 
 def same_file(a: Path, b: Path) -> bool:
@@ -4207,6 +4336,12 @@ def failure_outcome(error: BaseException) -> Outcome:
             f"{how} after tonight's file was uploaded and recorded"
             if uploaded
             else f"{how}; nothing was uploaded after the stop",
+        )
+    if isinstance(error, OSError) and error.filename is not None and error.errno is not None:
+        return Outcome(  # a path the account cannot reach, a name too long: the set-up, not a bug
+            EXIT_CONFIG,
+            f"cannot use {escape_text(error.filename)} ({foreign_text(error.strerror or '')}); the account "
+            "that runs the job needs access to it and its folder (check the paths in the flags and the env file)",
         )
     if isinstance(error, ModuleNotFoundError):
         return Outcome(
@@ -4292,11 +4427,14 @@ class Invocation:
         if self.record is None or code == EXIT_LOCKED:
             return
         if self.lock is None:  # failed before taking it (a setting): take it to record, or leave it be
-            with contextlib.suppress(ExportError):
+            with contextlib.suppress(Exception):
                 self.lock = self.stack.enter_context(RunLock(lock_path_of(self.args)))
             if self.lock is None:
                 return
-        state = self.state or State.load(beside_script(self.args.state_file))
+        try:
+            state = self.state or State.load(beside_script(self.args.state_file))
+        except Exception:  # a state path the account cannot reach: the failure's own line said so
+            return
         self.record.finished, self.record.exit_code = now_text(), code
         self.record.message = self.record.message or (
             "succeeded" if code == EXIT_OK else EXIT_CODES.get(code, "")
@@ -4328,6 +4466,8 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
     with contextlib.ExitStack() as stack:
         stack.callback(close_logging)
         stack.enter_context(STOP.handling_signals())
+        for signum in globals().get("_EARLY_STOPS", [])[:1]:  # one that came while the script loaded
+            STOP.request(signum)
         stack.enter_context(unraisable_to_log())
         invocation = Invocation(dict(os.environ if environ is None else environ), stack)
         try:

@@ -121,9 +121,11 @@ def test_apprise_is_imported_only_to_send(alert_app):
     ("url", "shown"),
     [
         ("mailtos://user:pw@smtp.example.org:587?from=a@b&to=c@d", "mailtos://smtp.example.org:587"),
-        ("json://host:abc/x", "json://?"),
         ("https://[abc/x", "https://?"),
         ("no-scheme-at-all", "a URL without ://"),
+        ("pbul://o.gn5kj6nfhv736I7jC3cj3QLRiyhgl98b", "pbul://…"),  # the "host" is the token
+        ("mailtos://user:1234/SecretTail@smtp.example.org", "mailtos://…"),  # an unencoded "/" in a password
+        ("json://host:abc/x", "json://?"),
     ],
 )
 def test_a_target_is_shown_by_scheme_and_host_only(url, shown):

@@ -832,3 +832,43 @@ def test_check_with_the_remote_directory_missing_names_it(uploading_app, sftp_se
     assert "/sftp/clever/" in message and "create the remote directory or fix --remote-dir" in message
     assert result.stdout.splitlines()[-1] == "some checks failed"
     assert "Traceback" not in result.everything()
+
+
+# =============================================================================
+# 16. Found by review: paths out of reach, a disk with no room, names that are not hosts
+# =============================================================================
+
+
+def test_a_state_path_the_account_cannot_reach_is_one_line_exit_2(uploading_app, sftp_server, tmp_path):
+    if os.name != "posix" or os.geteuid() != 0:
+        pytest.skip("a folder the account cannot enter needs root to set up, then an unprivileged run")
+    # Root reaches everything; a path too long for the system is out of reach for any account.
+    result = uploading_app.run(
+        *uploading_app.base_args, "--state-file", str(tmp_path / ("x" * 300) / "s.json")
+    )
+    assert result.returncode == 2, result.stderr
+    line = one_line(result.stderr)
+    assert "--state-file" in line and "cannot be reached (File name too long)" in line
+
+
+def test_check_fails_on_a_disk_with_no_room_as_the_night_does(uploading_app, sftp_server, tiny_tmpfs):
+    (tiny_tmpfs / "filler").write_bytes(b"x" * 12_000)
+    args = (*uploading_app.base_args, "--output", str(tiny_tmpfs / "out.txt"))
+    checked = uploading_app.run("--check", *args)
+    assert checked.returncode == 2 and "[FAIL] output folder" in checked.stdout
+    assert "No space left on device" in checked.stdout
+    assert list(tiny_tmpfs.iterdir()) == [tiny_tmpfs / "filler"]
+
+
+@pytest.mark.parametrize(
+    ("address", "words"),
+    [("sftp..district.org", "is not a valid host name or address"), ("127.0.0.1:2222", "holds a port")],
+)
+def test_an_sftp_address_that_is_not_a_host_exits_2(uploading_app, sftp_server, address, words):
+    for mode in ((), ("--check",), ("--show-host-key",)):
+        result = uploading_app.run(*mode, *uploading_app.base_args, env={"D118_SFTP_ADDRESS": address})
+        assert "Traceback" not in result.stderr + result.stdout
+        if mode == ("--check",):
+            assert words in result.stdout and result.returncode == 2
+        else:
+            assert result.returncode == 2 and words in one_line(result.stderr)

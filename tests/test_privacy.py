@@ -622,3 +622,63 @@ def test_output_cannot_overwrite_the_sftp_key_file(app, db):
     result = app.run("--sqlite", str(db([Student(1)])), "--no-upload", "--output", "client_key", env=env)
     assert result.returncode == 2 and "is D118_SFTP_KEY_FILE" in one_line(result.stderr)
     assert key.read_text() == "-----BEGIN OPENSSH PRIVATE KEY-----\n"
+
+
+def test_the_kept_copy_cannot_overwrite_a_file_the_run_reads(uploading_app, sftp_server):
+    app = uploading_app
+    for flag in ("--known-hosts", "--env-file", "--sqlite"):
+        target = app.root / "clever_export.sent.txt"
+        target.write_text(app.known_hosts.read_text() if flag == "--known-hosts" else "# kept\n")
+        target.chmod(0o600)
+        before = target.read_bytes()
+        result = app.run(*app.base_args, flag, str(target))
+        assert result.returncode == 2 and "the import check's copy" in one_line(result.stderr), result.stderr
+        assert target.read_bytes() == before
+        target.unlink()
+
+
+def test_a_rotated_log_name_cannot_be_a_file_the_run_reads(uploading_app, sftp_server):
+    app = uploading_app
+    kept = app.root / "clever_export.log.1"
+    kept.write_text(app.known_hosts.read_text())
+    result = app.run(*app.base_args, "--known-hosts", str(kept))
+    assert result.returncode == 2 and "a rotated log (clever_export.log.1)" in one_line(result.stderr)
+    assert kept.read_text() == app.known_hosts.read_text()
+
+
+@pytest.mark.parametrize("device", ["/dev/stderr", "/dev/stdout"])
+def test_the_log_is_never_a_stream_student_lines_would_reach(app, db, device):
+    if not os.path.exists(device):
+        pytest.skip(f"{device} does not exist here")
+    result = app.run("--sqlite", str(db([Student(1013)])), "--no-upload", "-v", "--log-file", device)
+    assert result.returncode == 2 and "exists and is not a regular file" in one_line(result.stderr)
+    assert "1013" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("password", ["failed", "Authentication"])
+def test_a_password_that_is_a_word_of_a_standard_message_is_not_given_away(
+    uploading_app, sftp_server, password
+):
+    result = uploading_app.run(
+        *uploading_app.base_args, "--retries", "1", env={"D118_SFTP_PASSWORD": password}
+    )
+    assert result.returncode == 4
+    line = one_line(result.stderr)
+    assert line.startswith("ERROR: SFTP login as clever on 127.0.0.1:") and "***" not in result.everything()
+    assert "Authentication" not in line  # paramiko's constant words, which would frame the password
+
+
+def test_a_dsn_with_user_colon_password_is_refused_without_showing_it(app):
+    env = {**ORACLE_ENV, "POWERSCHOOL_PROD_DB": "psnavigator:Wint3rPass@127.0.0.1:1/PSPRODDB"}
+    result = app.run("--no-upload", "--timeout", "2", env=env)
+    assert result.returncode == 2 and "holds a user/password@ part" in one_line(result.stderr)
+    assert "Wint3rPass" not in result.everything()
+
+
+def test_a_setting_that_is_not_printable_text_is_named_never_shown(app):
+    env = {**ORACLE_ENV, "POWERSCHOOL_DB_PASSWORD": "pa\udce9ss", "POWERSCHOOL_PROD_DB": "127.0.0.1:1/PS"}
+    result = app.run("--no-upload", "--timeout", "2", env={k: v for k, v in env.items()})
+    assert result.returncode == 2
+    line = one_line(result.stderr)
+    assert "POWERSCHOOL_DB_PASSWORD holds characters that are not printable UTF-8 text" in line
+    assert "pa" not in line.partition("holds")[2]
