@@ -3256,10 +3256,12 @@ def notify(options: RunOptions, code: int, message: str, test: bool = False) -> 
     targets = notify_targets(options.settings)
     if not targets:
         return False
+    # After a failure its one line stays the only one on stderr: a failed alert goes to the log.
+    warn = FILE_LOG.warning if code != EXIT_OK and not test else LOG.warning
     try:
         import apprise
     except ImportError:
-        LOG.warning(
+        warn(
             "CLEVER_NOTIFY is set but Apprise is not installed; run: python -m pip install -r requirements.txt"
         )
         return False
@@ -3276,16 +3278,16 @@ def notify(options: RunOptions, code: int, message: str, test: bool = False) -> 
         added = [url for url in targets if sender.add(url)]
         sent = bool(added) and bool(sender.notify(title=title, body=body))
     except Exception as error:
-        LOG.warning("notification failed (%s)", type(error).__name__)
+        warn("notification failed (%s)", type(error).__name__)
         return False
     finally:
         apprise_log.setLevel(level)
         apprise_log.propagate = propagate
     if len(added) < len(targets):
         shown = ", ".join(target_shown(url) for url in targets if url not in added)
-        LOG.warning("CLEVER_NOTIFY: Apprise does not understand %s; fix the URL", shown)
+        warn("CLEVER_NOTIFY: Apprise does not understand %s; fix the URL", shown)
     if not sent:
-        LOG.warning("notification to %s failed", ", ".join(target_shown(url) for url in targets))
+        warn("notification to %s failed", ", ".join(target_shown(url) for url in targets))
     return sent
 
 
