@@ -141,6 +141,7 @@ def write_config(tmp_path, text):
         ("[race]\nsource = 'studentrace'\n", "needs race.studentrace_codes"),
         ("[output]\ncolumns = ['student_number', 'Gender']\n", "output.columns must name each of"),
         ("[output]\ncolumns = ['Race', 'ELL']\n", "must include student_number"),
+        ("[output]\ncolumns = ['student_number']\n", "and at least one of Hispanic_Latino, Race, ELL"),
         ("[output]\nremote_dir = 'sftp/clever'\n", "output.remote_dir must be an absolute path"),
         ("[current_values]\ntable = 'u_def; DROP TABLE students'\n", "is not a plain table or column name"),
         ("[hispanic]\nyes = [1]\nno = ['1']\n", "hispanic.yes and hispanic.no both list"),
