@@ -274,6 +274,25 @@ def test_demo_db_then_sqlite_writes_what_demo_writes(app, tmp_path):
     assert demo_db.read_bytes() == before
 
 
+def test_demo_db_is_owner_only_and_its_hint_pastes_with_spaces(app, tmp_path):
+    import os
+    import shlex
+    import stat
+    import subprocess
+
+    target = tmp_path / "trial folder" / "power school.db"
+    made = app.run("--demo-db", str(target))
+    assert made.returncode == 0, made.stderr
+    if os.name == "posix":
+        assert stat.S_IMODE(target.stat().st_mode) == 0o600  # sample students, but student-shaped data
+    hint = made.stdout.strip().partition("try: ")[2]
+    words = shlex.split(hint) if os.name == "posix" else None
+    if words is not None:  # the hint parses back into the same path, spaces and all
+        assert words[words.index("--sqlite") + 1] == str(target)
+    else:
+        assert subprocess.list2cmdline(["--sqlite", str(target)]) in hint
+
+
 # --- README's Debian/Ubuntu install block, followed as written -------------------
 
 # What the test changes in README's commands, and why. Nothing else is changed:
