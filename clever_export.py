@@ -4428,13 +4428,17 @@ class Invocation:
         """Record a nightly run's outcome for --status, holding the lock (never a locked-out run's)."""
         if self.record is None or code == EXIT_LOCKED:
             return
+        options = self.options
         if self.lock is None:  # failed before taking it (a setting): take it to record, or leave it be
             with contextlib.suppress(Exception):
-                self.lock = self.stack.enter_context(RunLock(lock_path_of(self.args)))
+                lock_path = options.lock_path if options else lock_path_of(self.args)
+                self.lock = self.stack.enter_context(RunLock(lock_path))
             if self.lock is None:
                 return
         try:
-            state = self.state or State.load(beside_script(self.args.state_file))
+            state = self.state or State.load(
+                options.state_path if options else beside_script(self.args.state_file)
+            )
         except Exception:  # a state path the account cannot reach: the failure's own line said so
             return
         self.record.finished, self.record.exit_code = now_text(), code
