@@ -744,7 +744,7 @@ def database_settings(environ: dict[str, str]) -> DatabaseSettings:
     if client and not beside_script(client).is_dir():
         raise ConfigError(
             f"ORACLE_CLIENT_LIB_DIR {beside_script(client)} is not a folder; point it at the unzipped "
-            "Oracle Instant Client (see README, Oracle), or unset it for thin mode"
+            "Oracle Instant Client (see docs/oracle.md), or unset it for thin mode"
         )
     return DatabaseSettings(
         user,
@@ -1088,7 +1088,7 @@ def connect_oracle(settings: DatabaseSettings, timeout: float):
             raise ConfigError(
                 f"ORACLE_CLIENT_LIB_DIR {settings.client_lib_dir}: Oracle Instant Client cannot be loaded "
                 f"({database_message(error)}); install Instant Client (Basic or Basic Light) there, or "
-                "unset the variable for thin mode (see README, Oracle)"
+                "unset the variable for thin mode (see docs/oracle.md)"
             ) from None
     where = describe_dsn(settings, oracledb)
     # python-oracledb's tcp_connect_timeout covers only the TCP handshake; a
@@ -1133,7 +1133,7 @@ def connect_failure(where: str, error: BaseException) -> DatabaseError:
             return DatabaseError(
                 f"database {where} {reason}, which thin mode cannot do ({message}); this database "
                 "needs thick mode: install Oracle Instant Client and set ORACLE_CLIENT_LIB_DIR "
-                "or --oracle-client to its folder (see README, Oracle)"
+                "or --oracle-client to its folder (see docs/oracle.md)"
             )
     return DatabaseError(
         f"cannot connect to database {where}: {message}; "
@@ -3864,7 +3864,7 @@ environment (or KEY=value lines in clever_export.env beside the script, mode 600
   POWERSCHOOL_DB_PASSWORD    its password (never printed or logged)
   POWERSCHOOL_PROD_DB        Easy Connect string (psdb.example.org:1521/PSPRODDB) or tnsnames alias
   TNS_ADMIN                  folder holding tnsnames.ora, for an alias
-  ORACLE_CLIENT_LIB_DIR      Oracle Instant Client folder: thick mode (see README, Oracle)
+  ORACLE_CLIENT_LIB_DIR      Oracle Instant Client folder: thick mode (see docs/oracle.md)
   D118_SFTP_ADDRESS          SFTP server host name or address
   D118_SFTP_PORT             SFTP port (default 22)
   D118_SFTP_USERNAME         SFTP user
