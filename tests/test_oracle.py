@@ -61,7 +61,7 @@ def test_instant_client_that_cannot_load_exits_2_naming_the_variable(app, tmp_pa
     result = app.run(*args, env=env)
     assert result.returncode == 2
     line = one_line(result.stderr)
-    assert "ORACLE_CLIENT_LIB_DIR" in line and "DPI-1047" in line and "README, Oracle" in line
+    assert "ORACLE_CLIENT_LIB_DIR" in line and "DPI-1047" in line and "docs/oracle.md" in line
 
 
 def test_instant_client_folder_that_does_not_exist_exits_2(app, tmp_path):
@@ -90,7 +90,7 @@ def test_thin_mode_errors_that_need_thick_mode_say_how_to_turn_it_on(driver_text
     failure = ce.connect_failure("psdb:1521/PS", RuntimeError(driver_text))
     text = str(failure)
     assert failure.exit_code == 3 and driver_text[:8] in text
-    assert "needs thick mode" in text and "ORACLE_CLIENT_LIB_DIR" in text and "README, Oracle" in text
+    assert "needs thick mode" in text and "ORACLE_CLIENT_LIB_DIR" in text and "docs/oracle.md" in text
 
 
 def test_other_connect_errors_name_the_variables():
