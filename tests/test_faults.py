@@ -262,7 +262,7 @@ def test_check_reads_the_state_file_and_tries_the_output_folder(uploading_app, s
     assert result.returncode == 5
     assert f"[FAIL] state file {state} readable" in result.stdout
     assert f"[ ok ] output folder {uploading_app.root} writable" in result.stdout
-    assert f"[ ok ] lock {uploading_app.root / 'clever_export.lock'} free" in result.stdout
+    assert f"[ ok ] lock {uploading_app.root / 'clever_export.lock'} usable" in result.stdout
     assert list(uploading_app.root.glob(".*.tmp")) == []
     status = uploading_app.run("--status")  # the same code the night, --check and the docs give
     assert status.returncode == 5 and "cannot be read" in status.stdout
