@@ -43,7 +43,6 @@ import contextlib
 import glob
 import itertools
 import os
-import pwd
 import re
 import shutil
 import signal
@@ -58,6 +57,10 @@ from typing import Any
 import pytest
 from conftest import NO_ROW
 
+try:
+    import pwd
+except ImportError:  # Windows: running_cluster skips there before any use
+    pwd = None
 try:
     import psycopg
 except ImportError:  # skipped below, so the rest of the suite still runs
@@ -298,7 +301,7 @@ def running_cluster() -> Iterator[PgCluster]:
     if psycopg is None:
         pytest.skip("psycopg is not installed (pip install -r requirements-test.txt)")
     if sys.platform == "win32":
-        pytest.skip("the PostgreSQL fixture runs on POSIX only")
+        pytest.skip("needs a Linux PostgreSQL server (initdb, pg_ctl, runuser/setpriv, Unix socket)")
     bin_dir = find_pg_bin()
     if bin_dir is None:
         pytest.skip("PostgreSQL server binaries are not installed (.ci/run installs postgresql)")
