@@ -35,6 +35,16 @@ NO_ROW = object()  # "this student has no row in that extension table"
 EXAMPLES = REPO / "examples"
 ORACLE_ENV = {"POWERSCHOOL_READ_USER": "psnavigator", "POWERSCHOOL_DB_PASSWORD": SECRET_DB_PASSWORD}
 
+# What cannot be tested on Windows (.ci/windows runs the suite there): skipped with the reason.
+WINDOWS = os.name == "nt"
+posix_modes = pytest.mark.skipif(WINDOWS, reason="POSIX mode bits: Windows uses ACLs")
+posix_fifo = pytest.mark.skipif(WINDOWS, reason="named pipes (os.mkfifo) are POSIX")
+posix_signals = pytest.mark.skipif(WINDOWS, reason="POSIX signals: Windows has TerminateProcess only")
+posix_paths = pytest.mark.skipif(
+    WINDOWS, reason="POSIX paths (/proc, /dev/null, //x) are other files on Windows"
+)
+posix_symlinks = pytest.mark.skipif(WINDOWS, reason="symlinks need a privilege on Windows (Wine makes none)")
+
 
 # --- Shared checks ----------------------------------------------------------------
 
@@ -515,7 +525,9 @@ def chatty_openssh_server(tmp_path):
 
 
 def start_openssh(tmp_path, extra_config: str = ""):
-    if SSHD is None or sys.platform == "win32":
+    if sys.platform == "win32":
+        pytest.skip("needs a Linux OpenSSH server (sshd, /run/sshd, UsePAM)")
+    if SSHD is None:
         pytest.skip("OpenSSH sshd is not installed (.ci/run installs openssh-server)")
     workdir = tmp_path / "openssh"
     workdir.mkdir()

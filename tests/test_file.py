@@ -3,7 +3,7 @@
 import os
 
 import pytest
-from conftest import NO_ROW, Student
+from conftest import NO_ROW, Student, posix_fifo, posix_modes
 from conftest import clever_export as ce
 
 
@@ -97,6 +97,7 @@ def test_no_flag_can_aim_a_written_file_at_the_scripts_own_files(app, db, flags,
     assert {name: after.get(name) for name in before} == before
 
 
+@posix_modes
 def test_folders_the_script_creates_are_the_accounts_alone(app, db):
     old = os.umask(0)
     try:
@@ -109,6 +110,7 @@ def test_folders_the_script_creates_are_the_accounts_alone(app, db):
         assert (app.root / folder).stat().st_mode & 0o077 == 0, folder
 
 
+@posix_fifo
 @pytest.mark.parametrize("flag", ["--output", "--state-file"])
 def test_a_device_or_pipe_is_never_replaced_by_a_file(app, db, tmp_path, flag):
     # As root, a rename over /dev/null would put student data where /dev/null was;

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SECRET_SFTP_PASSWORD, Student, one_line
+from conftest import REPO, SECRET_SFTP_PASSWORD, Student, one_line, posix_modes
 
 ENV_FILE_NAME = "clever_export.env"
 STATE_FILE_NAME = "clever_export.state.json"
@@ -129,6 +129,7 @@ def test_dollar_in_a_value_is_read_literally(uploading_app, sftp_server, quote):
     assert DOLLAR_PASSWORD not in result.everything()
 
 
+@posix_modes
 def test_env_file_readable_by_others_is_refused(uploading_app, sftp_server):
     path = move_sftp_settings_to_file(uploading_app)
     path.chmod(0o644)
@@ -240,6 +241,7 @@ def test_status_max_age_honours_the_recorded_utc_offset(
     assert uploading_app.run("--status", "--max-age", max_age, env={"TZ": reader_tz}).returncode == expected
 
 
+@posix_modes
 def test_status_reports_a_run_refused_for_its_env_file(uploading_app, sftp_server):
     path = move_sftp_settings_to_file(uploading_app)
     assert uploading_app.run(*uploading_app.base_args).returncode == 0

@@ -11,7 +11,7 @@ import stat
 
 import asyncssh
 import pytest
-from conftest import one_line, remote_names
+from conftest import one_line, posix_modes, remote_names
 
 PARTIAL = "/sftp/clever/.raceethnicity.txt.partial"
 FINAL = "/sftp/clever/raceethnicity.txt"
@@ -37,6 +37,7 @@ def verdicts_agree(app, night_result) -> None:
     return checked
 
 
+@posix_modes  # the test server, on Windows, gives every file mode 666
 def test_a_plain_night_sends_no_chmod_and_no_delete(uploading_app, sftp_server):
     assert night(uploading_app).returncode == 0
     assert "fsetstat" not in sftp_server.operations and "setstat" not in sftp_server.operations
@@ -47,6 +48,7 @@ def test_a_plain_night_sends_no_chmod_and_no_delete(uploading_app, sftp_server):
     assert remote_names(sftp_server) == ["raceethnicity.txt"]
 
 
+@posix_modes
 @pytest.mark.parametrize("refused", [asyncssh.SFTPOpUnsupported, asyncssh.SFTPPermissionDenied])
 def test_a_refused_chmod_is_a_warning_naming_the_mode_the_file_has(uploading_app, sftp_server, refused):
     sftp_server.open_mode = 0o644  # a server that ignores OPEN's mode
