@@ -11,10 +11,18 @@ import subprocess
 
 import asyncssh
 import pytest
-from conftest import ORACLE_ENV, SECRET_DB_PASSWORD, Student, many_students, one_line, run_main
+from conftest import (
+    ORACLE_ENV,
+    SECRET_DB_PASSWORD,
+    Student,
+    many_students,
+    one_line,
+    posix_modes,
+    posix_paths,
+    posix_symlinks,
+    run_main,
+)
 from conftest import clever_export as ce
-
-pytestmark = pytest.mark.skipif(os.name != "posix", reason="file modes are a Linux/macOS guarantee")
 
 # Distinctive numbers and names: any of them on stderr, stdout or in a ping is a leak.
 NAMES = ("Zebediah", "Quillfeather", "Ottoline", "Marchbanks", "Persephone", "Vantongeren",
@@ -61,6 +69,7 @@ def umask_022():
 # --- 1. Files on this machine are owner-only -------------------------------------------
 
 
+@posix_modes
 def test_every_file_of_an_upload_run_is_owner_only_under_umask_022(umask_022, uploading_app, sftp_server):
     app = uploading_app
     result = app.run(*app.base_args, "-v")
@@ -75,6 +84,7 @@ def test_every_file_of_an_upload_run_is_owner_only_under_umask_022(umask_022, up
     assert not list(app.root.glob(".raceethnicity.txt.*"))  # no temporary left, of any mode
 
 
+@posix_modes
 def test_existing_wider_files_are_narrowed_by_the_next_run(umask_022, uploading_app, sftp_server):
     app = uploading_app
     state = app.root / "clever_export.state.json"
@@ -90,6 +100,7 @@ def test_existing_wider_files_are_narrowed_by_the_next_run(umask_022, uploading_
         assert mode_of(path) == 0o600, path.name
 
 
+@posix_modes
 def test_a_failed_run_also_leaves_owner_only_files(umask_022, app, db):
     # An upload that fails at login: the output, log, lock and run record exist all the same.
     env = {"D118_SFTP_ADDRESS": "127.0.0.1", "D118_SFTP_PORT": "1", "D118_SFTP_USERNAME": "u",
@@ -105,6 +116,7 @@ def _any_host_key() -> str:
     return asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
 
 
+@posix_modes
 def test_rotated_logs_are_owner_only(umask_022, monkeypatch, tmp_path, db, capsys):
     monkeypatch.setattr(ce, "LOG_MAX_BYTES", 2000)
     run_dir = tmp_path / "run"
@@ -120,6 +132,7 @@ def test_rotated_logs_are_owner_only(umask_022, monkeypatch, tmp_path, db, capsy
     )  # the logs, out.txt, state.json and clever_export.lock
 
 
+@posix_modes
 def test_rotated_logs_of_a_deployed_script_are_owner_only(umask_022, app, db):
     # Rotation at the real 5 MB in a subprocess: -v writes one line per student.
     path = str(db(many_students(20_000)))
@@ -194,6 +207,7 @@ def test_bad_remote_mode_in_the_profile_exits_2(app, db, tmp_path, mode):
     assert "output.remote_mode" in one_line(result.stderr)
 
 
+@posix_modes
 def test_the_remote_partial_is_never_world_readable_even_for_an_instant(
     umask_022, uploading_app, sftp_server, monkeypatch
 ):  # fmt: skip
@@ -294,6 +308,7 @@ def test_a_planted_link_on_openssh_does_not_redirect_the_upload(
 @pytest.mark.parametrize(
     "name", ["raceethnicity.txt", ".raceethnicity.txt.partial", ".raceethnicity.txt.previous"]
 )
+@posix_symlinks
 def test_a_planted_symlink_on_a_server_without_posix_rename(uploading_app, sftp_server, tmp_path, name):
     # The fallback that moves the old file aside must not write through a link either.
     sftp_server.posix_rename = False
@@ -396,7 +411,7 @@ def tiny_tmpfs(tmp_path):
         subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", str(mount_point)],
                        check=True, capture_output=True, timeout=10)  # fmt: skip
     except (OSError, subprocess.SubprocessError):
-        pytest.skip("cannot mount a tmpfs (needs root); /dev/full would be chmod-ed by the script")
+        pytest.skip("cannot mount a tmpfs (needs root on Linux); /dev/full would be chmod-ed by the script")
     try:
         filler = mount_point / "filler"
         descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
@@ -578,6 +593,7 @@ def test_output_file_name_cannot_name_the_profile_it_comes_from(app, db):
     assert result.returncode == 2 and "output.file_name" in result.stderr
 
 
+@posix_paths
 def test_a_device_as_the_log_is_never_narrowed(app, db):
     # Run as root, a chmod would make /dev/null unusable for every other account.
     if not os.path.exists("/dev/null"):
@@ -596,6 +612,7 @@ def test_a_device_as_the_log_is_never_narrowed(app, db):
 # Own files by identity, not spelling: another spelling, a link or a setting naming the same file.
 
 
+@posix_paths
 def test_output_through_a_double_slash_cannot_replace_known_hosts(app, db):
     before = app.known_hosts.read_bytes()
     result = app.run("--sqlite", str(db([Student(1)])), "--no-upload", "--output", "/" + str(app.known_hosts))
@@ -603,6 +620,7 @@ def test_output_through_a_double_slash_cannot_replace_known_hosts(app, db):
     assert app.known_hosts.read_bytes() == before
 
 
+@posix_symlinks
 def test_a_log_file_through_a_symlinked_folder_cannot_append_to_the_env_file(app, db, tmp_path):
     env = app.root / "clever_export.env"
     env.write_text("# settings\n")
@@ -646,6 +664,7 @@ def test_a_rotated_log_name_cannot_be_a_file_the_run_reads(uploading_app, sftp_s
     assert kept.read_text() == app.known_hosts.read_text()
 
 
+@posix_paths
 @pytest.mark.parametrize("device", ["/dev/stderr", "/dev/stdout"])
 def test_the_log_is_never_a_stream_student_lines_would_reach(app, db, device):
     if not os.path.exists(device):
