@@ -212,14 +212,12 @@ def test_a_state_file_that_cannot_be_read_is_never_overwritten(uploading_app, sf
 
 
 def test_status_shows_a_killed_run_as_one(uploading_app, sftp_server):
-    import signal
-
     assert uploading_app.run(*uploading_app.base_args).returncode == 0
     sftp_server.auth_gate = threading.Event()
     process = uploading_app.start(*uploading_app.base_args)
     try:
         assert sftp_server.auth_waiting.wait(20)
-        process.send_signal(signal.SIGKILL)
+        process.kill()  # SIGKILL; TerminateProcess on Windows
         process.wait(10)
     finally:
         sftp_server.auth_gate.set()
