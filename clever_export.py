@@ -455,9 +455,32 @@ def validate_profile(profile: Profile, source: str = "config") -> None:
             f'{source}: race.source = "studentrace" needs race.studentrace_codes '
             "(your district's RACECD -> A/B/I/M/P/W)"
         )
-    overlap = set(profile.hispanic_yes) & set(profile.hispanic_no)
-    if overlap:
-        raise ConfigError(f"{source}: hispanic.yes and hispanic.no both list {sorted(overlap)}")
+    for key, yes, no in (
+        ("hispanic", profile.hispanic_yes, profile.hispanic_no),
+        ("ell", profile.ell_yes, profile.ell_no),
+    ):
+        if set(yes) & set(no):
+            raise ConfigError(f"{source}: {key}.yes and {key}.no both list {sorted(set(yes) & set(no))}")
+    validate_output(profile, source)
+    if profile.enroll_statuses is not None and not (
+        profile.enroll_statuses
+        and all(
+            isinstance(status, str) and re.fullmatch(r"-?[0-9]{1,3}", status, re.ASCII)
+            for status in profile.enroll_statuses
+        )
+    ):
+        raise ConfigError(
+            f"{source}: students.enroll_statuses must list whole numbers such as [0] or [0, -1], "
+            f"not {list(profile.enroll_statuses)}"
+        )
+    names = [profile.current_table, profile.current_key, *profile.current_fields().values()]
+    for name in [*profile.tables, *(names if profile.current_table else [])]:
+        if not _IDENTIFIER.match(name):
+            raise ConfigError(f'{source}: "{name}" is not a plain table or column name')
+
+
+def validate_output(profile: Profile, source: str) -> None:
+    """The [output] keys: columns, file name, remote folder."""
     unknown_columns = [c for c in profile.columns if c not in OUTPUT_COLUMNS]
     if unknown_columns or len(set(profile.columns)) != len(profile.columns):
         raise ConfigError(
@@ -472,30 +495,6 @@ def validate_profile(profile: Profile, source: str = "config") -> None:
     check_file_name(profile.file_name, f"{source}: output.file_name")
     if not profile.remote_dir.startswith("/"):
         raise ConfigError(f"{source}: output.remote_dir must be an absolute path such as /sftp/clever/")
-    if profile.enroll_statuses is not None and not (
-        profile.enroll_statuses
-        and all(
-            isinstance(status, str) and re.fullmatch(r"-?[0-9]{1,3}", status, re.ASCII)
-            for status in profile.enroll_statuses
-        )
-    ):
-        raise ConfigError(
-            f"{source}: students.enroll_statuses must list whole numbers such as [0] or [0, -1], "
-            f"not {list(profile.enroll_statuses)}"
-        )
-    overlap = set(profile.ell_yes) & set(profile.ell_no)
-    if overlap:
-        raise ConfigError(f"{source}: ell.yes and ell.no both list {sorted(overlap)}")
-    names = [
-        profile.current_table,
-        profile.current_key,
-        profile.current_hispanic,
-        profile.current_race,
-        profile.current_ell,
-    ]
-    for name in [*profile.tables, *(names if profile.current_table else [])]:
-        if not _IDENTIFIER.match(name):
-            raise ConfigError(f'{source}: "{name}" is not a plain table or column name')
 
 
 def check_file_name(name: str, key: str) -> None:
