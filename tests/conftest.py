@@ -521,7 +521,9 @@ def chatty_openssh_server(tmp_path):
                                if os.path.exists(path)), None)  # fmt: skip
     if sftp_server_binary is None:
         pytest.skip("OpenSSH's sftp-server is not installed (.ci/run installs openssh-server)")
-    yield from start_openssh(tmp_path, f"ForceCommand echo 'Welcome to the district SFTP server'; exec {sftp_server_binary}\n")
+    yield from start_openssh(
+        tmp_path, f"ForceCommand echo 'Welcome to the district SFTP server'; exec {sftp_server_binary}\n"
+    )
 
 
 def start_openssh(tmp_path, extra_config: str = ""):
@@ -700,3 +702,87 @@ def smtp_server(tmp_path):
 
 
 SMTP_PASSWORD = "Smtp-pa55word-never-printed"
+
+
+# --- Helpers shared by the failure tests -------------------------------------------
+
+
+def assert_no_secret(result) -> None:
+    for secret in (SECRET_SFTP_PASSWORD, SECRET_KEY_PASSPHRASE, SECRET_DB_PASSWORD):
+        assert secret not in result.everything()
+
+
+def key_env(key_file: Path, passphrase: str | None = SECRET_KEY_PASSPHRASE) -> dict[str, str]:
+    """Log in with a key file instead of the fixture's password."""
+    return {
+        "D118_SFTP_PASSWORD": "",
+        "D118_SFTP_KEY_FILE": str(key_file),
+        "D118_SFTP_KEY_PASSPHRASE": passphrase or "",
+    }
+
+
+def private_file(path: Path, content: bytes) -> Path:
+    path.write_bytes(content)
+    path.chmod(0o600)
+    return path
+
+
+def temporaries(folder: Path) -> list[str]:
+    """Temporary files a run may leave beside its output or state file."""
+    return sorted(name for name in os.listdir(folder) if name.endswith(".tmp"))
+
+
+def closed_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        return probe.getsockname()[1]
+
+
+def big_export(app, db, students: int = 3000):
+    """An export several SFTP writes long (~18 bytes a student)."""
+    app.db_path = db(many_students(students))
+    app.base_args = ("--sqlite", str(app.db_path), "--timeout", "5", "--retry-wait", "0.05")
+    return app
+
+
+def warnings_in(log: str) -> list[str]:
+    return [line for line in log.splitlines() if " WARNING " in line]
+
+
+def errors_in(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("ERROR")]
+
+
+def wording(line: str, tmp_path: Path) -> str:
+    """A message without the test's folder, whose name (pytest's) repeats the test's words."""
+    return line.replace(str(tmp_path), "TMP")
+
+
+def deploy_for(app, server, db, students: list[Student] | None = None):
+    """The deployed script trusting `server` and reading a small database."""
+    app.known_hosts.write_text(server.known_hosts_line())
+    app.env = {**server.env(), "PYTHONIOENCODING": "utf-8"}
+    app.db_path = db(students or [Student(1001 + i) for i in range(10)])
+    app.base_args = ("--sqlite", str(app.db_path), "--timeout", "5", "--retry-wait", "0.05")
+    return app
+
+
+# --- A tiny file system, for a full or read-only disk (root on Linux only) --------
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A 16 KiB tmpfs: mount(8) needs root; skipped where it cannot be had."""
+    if sys.platform != "linux" or os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root on Linux")
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16k,mode=0755", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], capture_output=True, timeout=30)

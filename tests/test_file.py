@@ -1,9 +1,24 @@
 """The file: UTF-8 without BOM, LF, tabs, no header, atomic replacement."""
 
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
-from conftest import NO_ROW, Student, posix_fifo, posix_modes
+from conftest import (
+    NO_ROW,
+    Student,
+    big_export,
+    one_line,
+    posix_fifo,
+    posix_modes,
+    posix_paths,
+    remote_names,
+    temporaries,
+    warnings_in,
+)
 from conftest import clever_export as ce
 
 
@@ -139,3 +154,191 @@ def test_known_hosts_with_a_bom_and_crlf_is_read(uploading_app, sftp_server):
     uploading_app.known_hosts.write_bytes(b"\xef\xbb\xbf# the SFTP server\r\n" + line.encode() + b"\r\n")
     result = uploading_app.run(*uploading_app.base_args)
     assert result.returncode == 0, result.stderr
+
+
+# =============================================================================
+# 6. The machine: exit 2 naming the path or flag
+# =============================================================================
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX folder modes: Windows decides by ACLs")
+def test_an_output_folder_the_account_cannot_write_exits_2(tmp_path):
+    """As the service account would meet it: an unprivileged user (root writes anywhere,
+    so a root CI drops to nobody with setpriv, the deployed script beside its own libraries)."""
+    import shutil
+    import tempfile
+
+    import dotenv
+    import filelock
+    from conftest import REPO, make_db
+
+    base = Path(tempfile.mkdtemp(prefix="clever_unprivileged_"))  # outside root's 700 folders
+    try:
+        base.chmod(0o755)
+        deployed = base / "deploy"
+        shutil.copytree(REPO / "demo", deployed / "demo")
+        shutil.copy2(REPO / "clever_export.py", deployed)
+        for package in (filelock, dotenv):  # pure Python: importable by any account from here
+            shutil.copytree(Path(package.__file__).parent, base / "lib" / Path(package.__file__).parent.name)
+        make_db(deployed / "ps.sqlite", [Student(1)])
+        folder = base / "readonly"
+        folder.mkdir(mode=0o555)
+        command = [getattr(sys, "_base_executable", sys.executable), str(deployed / "clever_export.py"),
+                   "--sqlite", "ps.sqlite", "--no-upload", "--output", str(folder / "out.txt")]  # fmt: skip
+        if os.geteuid() == 0:
+            if shutil.which("setpriv") is None:
+                pytest.skip("running as root without setpriv to drop to an unprivileged user")
+            for path in [deployed, *deployed.rglob("*")]:
+                os.chown(path, 65534, 65534)  # the service account owns its install, not the folder
+            command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=base, stdin=subprocess.DEVNULL,
+                                env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(base / "lib")})  # fmt: skip
+        assert result.returncode == 2, result.stdout + result.stderr
+        line = one_line(result.stderr)
+        assert str(folder) in line and "--output" in line and "Permission denied" in line
+        assert os.listdir(folder) == []
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_an_output_folder_that_is_a_file_exits_2(app, db, tmp_path):
+    not_a_folder = tmp_path / "reports"
+    not_a_folder.write_text("a file, not a folder\n")
+    result = app.run(
+        "--sqlite", str(db([Student(1)])), "--no-upload", "--output", str(not_a_folder / "out.txt")
+    )
+    assert result.returncode == 2
+    line = one_line(result.stderr)
+    assert str(not_a_folder) in line and "--output" in line
+    assert not_a_folder.read_text() == "a file, not a folder\n"
+
+
+def test_a_profile_that_is_not_utf8_exits_2(app, db, tmp_path):
+    config = tmp_path / "district.toml"
+    config.write_bytes(b'[profile]\nname = "D\xe9partement 118"\n')  # Latin-1, as Notepad once saved
+    result = app.run("--sqlite", str(db([Student(1)])), "--no-upload", "--config", str(config))
+    assert result.returncode == 2
+    line = one_line(result.stderr)
+    assert str(config) in line and "UTF-8" in line and "--config" in line
+    assert not app.output.exists()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--timeout", "inf"),
+        ("--timeout", "nan"),
+        ("--timeout", "-inf"),
+        ("--timeout", "0"),
+        ("--retry-wait", "-1"),
+        ("--retry-wait", "nan"),
+        ("--retries", "0"),
+        ("--retries", "1000000"),
+        ("--max-drop", "nan"),
+        ("--max-drop", "101"),
+        ("--max-drop", "-5"),
+    ],
+)
+def test_absurd_numbers_exit_2_naming_the_flag(app, db, flag, value):
+    result = app.run("--sqlite", str(db([Student(1)])), "--no-upload", f"{flag}={value}")
+    assert result.returncode == 2
+    line = one_line(result.stderr)
+    assert f"{flag} must be a number from" in line and value in line.lower()
+    assert not app.output.exists()
+
+
+@pytest.mark.parametrize("where", [pytest.param("proc", marks=posix_paths), "under-a-file"])
+def test_a_lock_file_that_cannot_be_created_exits_2(app, db, tmp_path, where):
+    if where == "proc":
+        if not Path("/proc/self").exists():
+            pytest.skip("no /proc here")
+        lock = Path("/proc/nope/lock")
+    else:
+        plain = tmp_path / "plain-file"
+        plain.write_text("not a folder\n")
+        lock = plain / "clever_export.lock"
+    result = app.run("--sqlite", str(db([Student(1)])), "--no-upload", "--lock-file", str(lock))
+    assert result.returncode == 2, result.stderr
+    line = one_line(result.stderr)
+    assert str(lock) in line and "--lock-file" in line
+    assert not app.output.exists()
+
+
+@pytest.mark.parametrize("flag", ["--output", "--lock-file"])
+def test_a_folder_that_is_a_file_is_called_so(app, db, tmp_path, flag):
+    plain = tmp_path / "plain-file"
+    plain.write_text("not a folder\n")
+    result = app.run("--sqlite", str(db([Student(1)])), "--no-upload", flag, str(plain / "name"))
+    assert result.returncode == 2
+    line = one_line(result.stderr)
+    assert "File exists" not in line and "not a folder" in line.replace("directory", "folder")
+
+
+# =============================================================================
+# 7. A state file that cannot be written after a successful upload
+# =============================================================================
+
+
+def test_a_state_file_on_a_read_only_disk_warns_and_the_run_succeeds(uploading_app, sftp_server, tiny_tmpfs):
+    state = tiny_tmpfs / "clever_export.state.json"
+    state.write_text(json.dumps({"last_upload": {"students": 10}}))
+    subprocess.run(["mount", "-o", "remount,ro", str(tiny_tmpfs)], check=True, timeout=30)
+    lock = uploading_app.root / "elsewhere.lock"
+    result = uploading_app.run(*uploading_app.base_args, "--state-file", str(state), "--lock-file", str(lock))
+    assert result.returncode == 0, result.stderr
+    assert sftp_server.remote().read_bytes() == uploading_app.output.read_bytes()
+    assert any("the upload succeeded, but" in w and str(tiny_tmpfs) in w for w in warnings_in(result.log))
+    assert "Traceback" not in result.everything()
+    assert json.loads(state.read_text()) == {"last_upload": {"students": 10}}  # unchanged
+
+
+def unusable_state_path(where: str, app, tmp_path: Path) -> Path:
+    """A --state-file path that can be neither read nor written."""
+    if where == "directory":
+        state = app.root / "clever_export.state.json"
+        state.mkdir()
+        return state
+    plain = tmp_path / "plain-file"
+    plain.write_text("not a folder\n")
+    return plain / "clever_export.state.json"
+
+
+@pytest.mark.parametrize("where", ["directory", "under-a-file"])
+@pytest.mark.parametrize("force", [False, True])
+def test_an_unusable_state_path_is_a_setting_to_fix_in_one_line(
+    uploading_app, sftp_server, tmp_path, where, force
+):
+    # Not a state file that cannot be read (exit 5, --force rewrites it): a path that
+    # can never hold one. --force cannot help; the admin fixes --state-file.
+    state = unusable_state_path(where, uploading_app, tmp_path)
+    args = (*uploading_app.base_args, "--state-file", str(state), "--lock-file", str(tmp_path / "run.lock"))
+    result = uploading_app.run(*args, *(["--force"] if force else []))
+    assert result.returncode == 2
+    line = one_line(result.stderr)
+    assert "--state-file" in line and "--output" not in line
+    assert sftp_server.connections == 0 and remote_names(sftp_server) == []
+    assert temporaries(uploading_app.root) == []
+    assert (
+        state.is_dir() if where == "directory" else (tmp_path / "plain-file").read_text() == "not a folder\n"
+    )
+
+
+# =============================================================================
+# 13. A full disk in the middle of writing the export
+# =============================================================================
+
+
+def test_a_full_disk_mid_export_exits_2_in_one_line_and_keeps_the_previous_file(
+    uploading_app, sftp_server, db, tiny_tmpfs
+):
+    app = big_export(uploading_app, db, 3000)
+    output = tiny_tmpfs / "raceethnicity.txt"
+    output.write_bytes(b"last night's file\n")
+    result = app.run(*app.base_args, "--output", str(output))
+    assert result.returncode == 2, result.stderr
+    line = one_line(result.stderr)
+    assert "Exception ignored" not in result.stderr
+    assert f"cannot write {output}" in line and "previous file is unchanged" in line
+    assert output.read_bytes() == b"last night's file\n"
+    assert temporaries(tiny_tmpfs) == []
+    assert sftp_server.connections == 0 and remote_names(sftp_server) == []

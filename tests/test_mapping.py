@@ -143,7 +143,9 @@ def test_hispanic_from_fedethnicity(fedethnicity, letter):
 
 def test_unanswered_ethnicity_is_blank_with_its_reason_never_n():
     assert ce.hispanic_letter(-1, ILLINOIS) == ce.Letter("", "unanswered (-1)")
-    assert ce.hispanic_letter("2", ILLINOIS) == ce.Letter("", "declined to specify (2)")  # an answer, not Yes/No
+    assert ce.hispanic_letter("2", ILLINOIS) == ce.Letter(
+        "", "declined to specify (2)"
+    )  # an answer, not Yes/No
     assert ce.hispanic_letter(3, ILLINOIS) == ce.Letter("", "unknown code 3")
     assert ce.hispanic_letter(None, ILLINOIS) == ce.Letter("", "no value")
     assert ce.hispanic_letter(5, ILLINOIS) == ce.Letter("", "unknown code 5")

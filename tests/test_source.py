@@ -4,9 +4,21 @@ import re
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES, REPO, Student, many_students, run_main
+from conftest import (
+    EXAMPLES,
+    ORACLE_ENV,
+    REPO,
+    SECRET_DB_PASSWORD,
+    Student,
+    closed_port,
+    many_students,
+    one_line,
+    run_main,
+    warnings_in,
+)
 from conftest import clever_export as ce
 
 
@@ -210,3 +222,91 @@ def test_enroll_statuses_must_be_whole_numbers(app, tmp_path, statuses):
     config.write_text(f"[students]\nenroll_statuses = {statuses}\n")
     result = app.run("--demo", "--config", str(config))
     assert result.returncode == 2 and "students.enroll_statuses" in result.stderr, result.stderr
+
+
+# =============================================================================
+# 9. Database messages keep the cause
+# =============================================================================
+
+
+def test_an_oracle_port_that_refuses_keeps_the_driver_code_and_the_cause(app):
+    port = closed_port()
+    env = {**ORACLE_ENV, "POWERSCHOOL_PROD_DB": f"127.0.0.1:{port}/PS"}
+    result = app.run("--no-upload", "--timeout", "3", env=env, timeout=60)
+    assert result.returncode == 3
+    line = one_line(result.stderr)
+    assert "DPY-6005" in line and "Connection refused" in line
+    assert f"127.0.0.1:{port}/PS" in line and "POWERSCHOOL_PROD_DB" in line
+    assert SECRET_DB_PASSWORD not in result.everything()
+    assert not app.output.exists()
+
+
+# =============================================================================
+# 10. No current-values table
+# =============================================================================
+
+
+def drop_current_values(path: Path) -> Path:
+    connection = sqlite3.connect(path)
+    connection.execute("DROP TABLE u_def_ext_students0")
+    connection.commit()
+    connection.close()
+    return path
+
+
+def test_dry_run_without_the_current_values_table_warns_and_reports(app, db):
+    path = drop_current_values(db([Student(1, fer=16), Student(2, fer=13)]))
+    result = app.run("--sqlite", str(path), "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "dry run: nothing uploaded" in result.stdout and "exported students: 2" in result.stdout
+    assert any("u_def_ext_students0" in w and "current_values.table" in w for w in warnings_in(result.log))
+    assert app.output.read_bytes() == b"1\tN\tW\tN\n2\tN\tA\tN\n"
+
+
+def test_changed_only_without_the_current_values_table_exits_3(app, db):
+    path = drop_current_values(db([Student(1)]))
+    result = app.run("--sqlite", str(path), "--no-upload", "--changed-only")
+    assert result.returncode == 3
+    line = one_line(result.stderr)
+    assert "current_values.table" in line and "u_def_ext_students0" in line
+    assert not app.output.exists()
+
+
+# =============================================================================
+# 11. A profile query ending in ';' or a comment
+# =============================================================================
+
+QUERY_BODY = ce.ILLINOIS_QUERY
+
+
+@pytest.mark.parametrize(
+    "ending",
+    [
+        ";",
+        " -- active students only",
+        "; -- active students only",
+        ";\n-- the end\n\n",
+        " ; -- it's 'done'; really",
+    ],
+    ids=["semicolon", "comment", "semicolon-comment", "comment-line", "quote-in-comment"],
+)
+def test_a_query_ending_in_a_semicolon_or_comment_works_in_every_mode(app, db, tmp_path, ending):
+    students = [
+        Student(1, fer=16, current=("N", "W", "N")),
+        Student(2, fer=13, lep=1, current=("N", "W", "N")),
+        Student(3, fedethnicity=1, fer=11),
+    ]
+    path = str(db(students))
+    config = tmp_path / "district.toml"
+    config.write_text(f"[students]\nquery = '''\n{QUERY_BODY}{ending}'''\n", encoding="utf-8")
+    baseline = app.run("--sqlite", path, "--no-upload", "--output", "baseline.txt")
+    assert baseline.returncode == 0, baseline.stderr
+    outputs = {}
+    for mode in ("--no-upload", "--dry-run"):
+        result = app.run("--sqlite", path, mode, "--config", str(config))
+        assert result.returncode == 0, (mode, result.stderr)
+        outputs[mode] = app.output.read_bytes()
+    assert outputs["--no-upload"] == outputs["--dry-run"] == (app.root / "baseline.txt").read_bytes()
+    changed = app.run("--sqlite", path, "--no-upload", "--changed-only", "--config", str(config))
+    assert changed.returncode == 0, changed.stderr
+    assert app.output.read_bytes() == b"2\tN\tA\tY\n3\tY\t\tN\n"

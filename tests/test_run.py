@@ -6,7 +6,17 @@ import os
 import threading
 
 import pytest
-from conftest import SECRET_SFTP_PASSWORD, Student, many_students, remote_names, run_main
+from conftest import (
+    SECRET_SFTP_PASSWORD,
+    Student,
+    big_export,
+    many_students,
+    one_line,
+    posix_signals,
+    remote_names,
+    run_main,
+    temporaries,
+)
 from conftest import clever_export as ce
 
 
@@ -277,3 +287,160 @@ def test_status_asks_the_lock_not_a_pid_that_may_be_reused(uploading_app, sftp_s
         status = uploading_app.run("--status", "--max-age", "26")
         assert "running now" not in status.stdout and "recorded no outcome: it was killed" in status.stdout
         assert status.returncode == 143
+
+
+# =============================================================================
+# 8. The guard never weakens on a damaged state file
+# =============================================================================
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['{"last_upload": {"students": 1e999}}', "[1,2]", "not json at all", '{"last_upload": {"students": -3}}'],
+    ids=["infinite", "list", "not-json", "negative"],
+)
+def test_a_damaged_state_file_exits_5_and_force_rewrites_it(uploading_app, sftp_server, text):
+    state = uploading_app.root / "clever_export.state.json"
+    state.write_text(text)
+    result = uploading_app.run(*uploading_app.base_args)
+    assert result.returncode == 5, result.stderr
+    line = one_line(result.stderr)
+    assert str(state) in line and "--force" in line
+    assert sftp_server.connections == 0 and remote_names(sftp_server) == []
+    forced = uploading_app.run(*uploading_app.base_args, "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert sftp_server.remote().read_bytes() == uploading_app.output.read_bytes()
+    record = json.loads(state.read_text())  # valid JSON again
+    assert record["last_upload"]["students"] == 10
+    assert record["last_run"]["exit_code"] == 0
+    again = uploading_app.run(*uploading_app.base_args)  # and the guard works from it
+    assert again.returncode == 0, again.stderr
+
+
+# =============================================================================
+# 12. SIGTERM
+# =============================================================================
+
+
+@posix_signals
+def test_sigterm_exits_143_logs_pings_fail_and_leaves_no_temporary(uploading_app, sftp_server, ping_server):
+    sftp_server.auth_gate = threading.Event()
+    process = uploading_app.start(*uploading_app.base_args, "--timeout", "30", "--ping-url", ping_server.url)
+    try:
+        assert sftp_server.auth_waiting.wait(20), "the run never reached the server"
+        process.terminate()
+        _stdout, stderr = process.communicate(timeout=30)
+    finally:
+        sftp_server.auth_gate.set()
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=10)
+    assert process.returncode == 143, stderr
+    line = one_line(stderr)
+    assert "terminated" in line
+    log = uploading_app.log()
+    assert any(" ERROR terminated" in entry for entry in log.splitlines())
+    assert [path for path, _ in ping_server.pings] == ["/ping/abc/start", "/ping/abc/fail"]
+    assert "terminated" in ping_server.pings[1][1]
+    assert remote_names(sftp_server) == []
+    assert temporaries(uploading_app.root) == []
+    state = json.loads((uploading_app.root / "clever_export.state.json").read_text())
+    assert state["last_run"]["exit_code"] == 143 and "last_upload" not in state
+
+
+def test_a_leftover_temporary_beside_the_output_is_removed_by_the_next_run(uploading_app, sftp_server):
+    planted = uploading_app.root / ".raceethnicity.txt.abc123.tmp"
+    planted.write_text("half a file from a killed run\n")
+    state_leftover = uploading_app.root / ".clever_export.state.json.x1y2z3.tmp"
+    state_leftover.write_text("{")
+    unrelated = uploading_app.root / ".other.txt.abc123.tmp"
+    unrelated.write_text("not ours\n")
+    result = uploading_app.run(*uploading_app.base_args)
+    assert result.returncode == 0, result.stderr
+    assert not planted.exists() and not state_leftover.exists()
+    assert unrelated.exists()  # only the script's own temporaries
+    assert sftp_server.remote().read_bytes() == uploading_app.output.read_bytes()
+
+
+def test_a_leftover_copy_of_the_upload_is_removed_by_the_next_run(uploading_app, sftp_server):
+    planted = uploading_app.root / ".clever_export.sent.txt.abc123.tmp"
+    planted.write_text("1001\tN\tW\tN\n")
+    result = uploading_app.run(*uploading_app.base_args)
+    assert result.returncode == 0, result.stderr
+    assert not planted.exists()
+
+
+# =============================================================================
+# 14. --quiet stays quiet after a retried upload
+# =============================================================================
+
+
+def test_quiet_is_quiet_on_success_after_a_retry(uploading_app, sftp_server, db):
+    app = big_export(uploading_app, db, 3000)
+    sftp_server.cut_connections = {1}
+    sftp_server.cut_after_bytes = 20_000
+    result = app.run(*app.base_args, "-q")
+    assert result.returncode == 0, result.stderr
+    assert app.output.stat().st_size > sftp_server.cut_after_bytes
+    assert result.stdout == "" and result.stderr == ""
+    assert "WARNING upload attempt 1 of 3 failed" in result.log
+    assert sftp_server.connections == 2
+    assert sftp_server.remote().read_bytes() == app.output.read_bytes()
+
+
+# =============================================================================
+# 15. --check names the missing remote directory in the failure line
+# =============================================================================
+
+
+def test_check_with_the_remote_directory_missing_names_it(uploading_app, sftp_server):
+    sftp_server.remote().parent.rmdir()
+    result = uploading_app.run("--check", "--sqlite", str(uploading_app.db_path), "--timeout", "5")
+    assert result.returncode == 4, result.stdout
+    failures = [line for line in result.stdout.splitlines() if line.startswith("[FAIL]")]
+    assert len(failures) == 1, result.stdout
+    label, _, message = failures[0].partition(": ")
+    assert label == "[FAIL] remote directory /sftp/clever/ writable"
+    assert "/sftp/clever/" in message and "create the remote directory or fix --remote-dir" in message
+    assert result.stdout.splitlines()[-1] == "some checks failed"
+    assert "Traceback" not in result.everything()
+
+
+# =============================================================================
+# 16. Found by review: paths out of reach, a disk with no room, names that are not hosts
+# =============================================================================
+
+
+def test_a_state_path_the_account_cannot_reach_is_one_line_exit_2(uploading_app, sftp_server, tmp_path):
+    if os.name != "posix" or os.geteuid() != 0:
+        pytest.skip("a folder the account cannot enter needs root to set up, then an unprivileged run")
+    # Root reaches everything; a path too long for the system is out of reach for any account.
+    result = uploading_app.run(
+        *uploading_app.base_args, "--state-file", str(tmp_path / ("x" * 300) / "s.json")
+    )
+    assert result.returncode == 2, result.stderr
+    line = one_line(result.stderr)
+    assert "--state-file" in line and "cannot be reached (File name too long)" in line
+
+
+def test_check_fails_on_a_disk_with_no_room_as_the_night_does(uploading_app, sftp_server, tiny_tmpfs):
+    (tiny_tmpfs / "filler").write_bytes(b"x" * 12_000)
+    args = (*uploading_app.base_args, "--output", str(tiny_tmpfs / "out.txt"))
+    checked = uploading_app.run("--check", *args)
+    assert checked.returncode == 2 and "[FAIL] output folder" in checked.stdout
+    assert "No space left on device" in checked.stdout
+    assert list(tiny_tmpfs.iterdir()) == [tiny_tmpfs / "filler"]
+
+
+@pytest.mark.parametrize(
+    ("address", "words"),
+    [("sftp..district.org", "is not a valid host name or address"), ("127.0.0.1:2222", "holds a port")],
+)
+def test_an_sftp_address_that_is_not_a_host_exits_2(uploading_app, sftp_server, address, words):
+    for mode in ((), ("--check",), ("--show-host-key",)):
+        result = uploading_app.run(*mode, *uploading_app.base_args, env={"D118_SFTP_ADDRESS": address})
+        assert "Traceback" not in result.stderr + result.stdout
+        if mode == ("--check",):
+            assert words in result.stdout and result.returncode == 2
+        else:
+            assert result.returncode == 2 and words in one_line(result.stderr)
