@@ -4304,14 +4304,10 @@ def write_demo_db(path: Path) -> int:
 def shell_command(words: list[str]) -> str:
     """A command quoted for pasting into this platform's shell (cmd/PowerShell or sh)."""
     if os.name == "nt":
-        return subprocess_list2cmdline(words)
+        import subprocess
+
+        return subprocess.list2cmdline(words)
     return shlex.join(words)
-
-
-def subprocess_list2cmdline(words: list[str]) -> str:
-    import subprocess
-
-    return subprocess.list2cmdline(words)
 
 
 # --- main: the one place failures become exit codes ----------------------------
