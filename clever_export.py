@@ -115,15 +115,17 @@ FILE_LOG = logging.getLogger("clever_export.file")
 # Settings
 # =============================================================================
 
-DEFAULT_KNOWN_HOSTS = SCRIPT_DIR / "known_hosts"
-DEFAULT_LOG_FILE = SCRIPT_DIR / "clever_export.log"
-DEFAULT_STATE_FILE = SCRIPT_DIR / "clever_export.state.json"
+# Default files live beside the script: beside_script() resolves these names
+# when a run needs them (so does every relative path an admin gives).
+DEFAULT_KNOWN_HOSTS = Path("known_hosts")
+DEFAULT_LOG_FILE = Path("clever_export.log")
+DEFAULT_STATE_FILE = Path("clever_export.state.json")
 LOCK_FILE_NAME = "clever_export.lock"  # beside the state file unless --lock-file
 SENT_FILE_NAME = "clever_export.sent.txt"  # the last upload, kept beside the state file for the import check
 DEFAULT_IMPORT_DEADLINE_HOURS = 20.0
 DEFAULT_IMPORT_TOLERANCE_PERCENT = 1.0
-DEFAULT_ENV_FILE = SCRIPT_DIR / "clever_export.env"
-DEMO_SEED_FILE = SCRIPT_DIR / "demo" / "powerschool_sample.sql"
+DEFAULT_ENV_FILE = Path("clever_export.env")
+DEMO_SEED_FILE = Path("demo", "powerschool_sample.sql")
 DEMO_OUTPUT_NAME = "demo-raceethnicity.txt"
 
 DEFAULT_TIMEOUT_SECONDS = 60.0
@@ -593,7 +595,7 @@ def read_settings(env_file: Path | None, environ: dict[str, str]) -> Settings:
     """The env file (clever_export.env beside the script, or --env-file) under the
     process environment, by the one precedence rule of Settings."""
     named = env_file is not None
-    path = beside_script(env_file) if named else DEFAULT_ENV_FILE
+    path = beside_script(env_file if named else DEFAULT_ENV_FILE)
     from_file: dict[str, str] = {}
     if named or path.exists():
         from_file = read_env_file(path)
@@ -1220,11 +1222,12 @@ def _decode_replacing(data: bytes) -> str:
 
 def connect_demo():
     """An in-memory database seeded from the readable sample in demo/."""
+    seed_path = beside_script(DEMO_SEED_FILE)
     try:
-        seed = DEMO_SEED_FILE.read_text(encoding="utf-8")
+        seed = seed_path.read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError(
-            f"demo data {DEMO_SEED_FILE} cannot be read ({error.strerror}); "
+            f"demo data {seed_path} cannot be read ({error.strerror}); "
             "--demo needs the demo/ folder from the repository beside the script"
         ) from None
     connection = sqlite3.connect(":memory:")
@@ -2287,7 +2290,7 @@ class State:
         try:
             self.save()
         except Exception as error:
-            if not LOG.handlers:  # before the log opened: the failure's one line says it all
+            if not log_is_open():  # before the log opened: the failure's one line says it all
                 return
             # After a failure the admin needs the failure's one line, not this one.
             logger = FILE_LOG if failure_is_quiet else LOG
@@ -3183,6 +3186,11 @@ def setup_logging(log_path: Path, verbose: bool, quiet: bool) -> RecentLines:
         paramiko_log.addHandler(logging.NullHandler())
     paramiko_log.propagate = False
     return recent
+
+
+def log_is_open() -> bool:
+    """Whether setup_logging has run: before it, a failure's line goes straight to stderr."""
+    return any(isinstance(handler, OwnerOnlyLog) for handler in FILE_LOG.handlers)
 
 
 def close_logging() -> None:
@@ -4218,14 +4226,14 @@ def check_own_files(options: RunOptions, args: argparse.Namespace) -> None:
     }
     key_file = options.settings.values.get("D118_SFTP_KEY_FILE", "").strip()
     kept = {
-        "the script": Path(__file__),
+        "the script": beside_script(Path(__file__).name),
         "--known-hosts": options.known_hosts_path,
         "the env file": options.settings.env_file,
         "--config": beside_script(args.config) if args.config else None,
         "--sqlite": options.sqlite_path,
         "D118_SFTP_KEY_FILE": beside_script(key_file) if key_file else None,
-        "requirements.txt": SCRIPT_DIR / "requirements.txt",
-        "the demo data": DEMO_SEED_FILE,
+        "requirements.txt": beside_script("requirements.txt"),
+        "the demo data": beside_script(DEMO_SEED_FILE),
     }
     for flag, path in written.items():
         check_writable_path(flag, path)
@@ -4400,7 +4408,7 @@ class Invocation:
 
     def fail(self, error: BaseException) -> int:
         outcome = failure_outcome(error)
-        if LOG.handlers:
+        if log_is_open():
             LOG.error("%s", outcome.message, exc_info=outcome.traceback)
         else:  # logging not set up yet (a bad flag, an unwritable log)
             print(f"ERROR: {escape_text(outcome.message)}", file=sys.stderr)

@@ -4,9 +4,11 @@ as districts do, and real SSH servers on loopback (asyncssh, OpenSSH sshd)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import getpass
 import http.server
+import io
 import os
 import shutil
 import signal
@@ -17,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,12 @@ posix_paths = pytest.mark.skipif(
     WINDOWS, reason="POSIX paths (/proc, /dev/null, //x) are other files on Windows"
 )
 posix_symlinks = pytest.mark.skipif(WINDOWS, reason="symlinks need a privilege on Windows (Wine makes none)")
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """-n auto: one worker more than cores, since many tests wait on a server or a timeout."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return cores + 1
 
 
 # --- Shared checks ----------------------------------------------------------------
@@ -89,7 +98,7 @@ class Student:
 
 def powerschool_schema() -> str:
     """The tables of the demo seed file: one schema for demo and tests."""
-    seed = clever_export.DEMO_SEED_FILE.read_text(encoding="utf-8")
+    seed = (REPO / clever_export.DEMO_SEED_FILE).read_text(encoding="utf-8")
     return seed[: seed.index("INSERT INTO")]
 
 
@@ -152,10 +161,18 @@ class Result:
 
 
 class App:
-    """clever_export.py and demo/ in their own folder, run as a subprocess."""
+    """clever_export.py and demo/ in their own folder, as an admin deploys them.
 
-    def __init__(self, root: Path):
+    run() calls main() in this process, with the script's folder moved to root and
+    stdout/stderr captured as the interpreter would print them (a thread's traceback
+    and a warning included): fast enough to run every scenario. A run that needs the
+    real interpreter (its own streams, start-up, signals, a working directory) is a
+    subprocess: start(), run(cwd=...), or App(..., process=True) for a whole test.
+    """
+
+    def __init__(self, root: Path, process: bool = False):
         self.root = root
+        self.process = process
         root.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / "clever_export.py", root / "clever_export.py")
         shutil.copytree(REPO / "demo", root / "demo")
@@ -191,16 +208,62 @@ class App:
         )  # fmt: skip
 
     def run(self, *args: str, env=None, cwd=None, timeout: float = 90) -> Result:
+        """One run to its end. In this process, a hung run is cut by pytest-timeout."""
         log_before = len(self.log())
         started = time.monotonic()
-        process = self.start(*args, env=env, cwd=cwd)
-        stdout, stderr = process.communicate(timeout=timeout)
-        return Result(process.returncode, stdout, stderr, self.log()[log_before:], time.monotonic() - started)
+        if self.process or cwd is not None:
+            process = self.start(*args, env=env, cwd=cwd)
+            stdout, stderr = process.communicate(timeout=timeout)
+            code = process.returncode
+        else:
+            code, stdout, stderr = self.run_main(list(args), self.environment(env))
+        return Result(code, stdout, stderr, self.log()[log_before:], time.monotonic() - started)
+
+    def run_main(self, argv: list[str], environ: dict[str, str]) -> tuple[int, str, str]:
+        stdout, stderr = io.StringIO(), io.StringIO()
+        script_dir, thread_hook, show_warning = (
+            clever_export.SCRIPT_DIR,
+            threading.excepthook,
+            warnings.showwarning,
+        )
+        try:
+            clever_export.SCRIPT_DIR = self.root
+            # What the interpreter prints to stderr on its own, printed here too.
+            threading.excepthook = threading.__excepthook__
+            with (
+                warnings.catch_warnings(),
+                contextlib.redirect_stdout(stdout),
+                contextlib.redirect_stderr(stderr),
+            ):
+                interpreter_warning_filters()
+                warnings.showwarning = print_warning
+                code = clever_export.main(argv, environ=environ)
+        finally:
+            clever_export.SCRIPT_DIR, threading.excepthook, warnings.showwarning = (
+                script_dir,
+                thread_hook,
+                show_warning,
+            )
+        return code, stdout.getvalue(), stderr.getvalue()
+
+
+def interpreter_warning_filters() -> None:
+    """Python's default warning filters (pytest's own would hide what cron mail shows)."""
+    warnings.resetwarnings()
+    for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+        warnings.filterwarnings("ignore", category=category)
+    warnings.filterwarnings("default", category=DeprecationWarning, module="clever_export")
+    warnings.filterwarnings("default", append=True)
+
+
+def print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 @pytest.fixture
-def app(tmp_path) -> App:
-    return App(tmp_path / "deploy")
+def app(tmp_path, request) -> App:
+    """A deployed copy; tests marked own_process run it as a subprocess every time."""
+    return App(tmp_path / "deploy", process=request.node.get_closest_marker("own_process") is not None)
 
 
 # --- asyncssh SFTP server on loopback -------------------------------------------

@@ -17,6 +17,9 @@ from pathlib import Path
 import pytest
 from conftest import REPO, SECRET_SFTP_PASSWORD, Student, one_line, posix_modes
 
+# an admin's path: the deployed file, run as the scheduled task runs it
+pytestmark = pytest.mark.own_process
+
 ENV_FILE_NAME = "clever_export.env"
 STATE_FILE_NAME = "clever_export.state.json"
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"  # the state file's "at", as now_text() writes it

@@ -24,6 +24,9 @@ from conftest import (
 )
 from conftest import clever_export as ce
 
+# stderr as cron mail shows it: the interpreter's own streams, not a capture of main()
+pytestmark = pytest.mark.own_process
+
 # Distinctive numbers and names: any of them on stderr, stdout or in a ping is a leak.
 NAMES = ("Zebediah", "Quillfeather", "Ottoline", "Marchbanks", "Persephone", "Vantongeren",
          "Bartholomew", "Ironmonger", "Ignatius", "Thistlewood", "Clementine", "Dunwoody")  # fmt: skip
