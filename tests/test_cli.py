@@ -1,6 +1,8 @@
 """The command line: exit codes, one-line errors, secrets, logs, Oracle failures."""
 
 import re
+import threading
+import warnings
 
 import pytest
 from conftest import ORACLE_ENV, SECRET_DB_PASSWORD, Student, one_line, run_main
@@ -180,3 +182,22 @@ def test_paramiko_gets_one_quiet_handler_however_many_runs(tmp_path):
         ce.close_logging()
     handlers = logging.getLogger("paramiko").handlers
     assert sum(isinstance(handler, logging.NullHandler) for handler in handlers) == 1
+
+
+def test_a_run_in_the_tests_process_still_shows_what_the_interpreter_prints(app, monkeypatch):
+    """App.run calls main() in this process: a thread's traceback and a library's
+    warning must still reach the run's stderr, as they would reach cron mail."""
+
+    def noisy_main(argv, environ):
+        failing = threading.Thread(target=lambda: 1 / 0)
+        failing.start()
+        failing.join()
+        warnings.warn("a library's warning", UserWarning, stacklevel=1)
+        print(ce.beside_script("x"))
+        return 0
+
+    monkeypatch.setattr(ce, "main", noisy_main)
+    result = app.run()
+    assert "ZeroDivisionError" in result.stderr and "a library's warning" in result.stderr
+    assert result.stdout.strip() == str(app.root / "x")  # the deployed copy's folder
+    assert ce.Path(ce.__file__).resolve().parent == ce.SCRIPT_DIR  # and back after the run
