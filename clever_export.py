@@ -3139,12 +3139,15 @@ class OwnerOnlyLog(logging.handlers.RotatingFileHandler):
                 )
 
 
-def setup_logging(log_path: Path, verbose: bool, quiet: bool) -> RecentLines:
-    # A Windows console or a redirected Task Scheduler stream may not be
-    # UTF-8: escape what it cannot show rather than fail.
+def escape_unencodable_output() -> None:
+    """A Windows console or a redirected Task Scheduler stream may not be UTF-8:
+    what it cannot show (a name, a path) is escaped rather than a failure."""
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
+
+
+def setup_logging(log_path: Path, verbose: bool, quiet: bool) -> RecentLines:
     close_logging()
     LOG.setLevel(logging.DEBUG if verbose else logging.INFO)
     LOG.propagate = False
@@ -4226,7 +4229,7 @@ def check_own_files(options: RunOptions, args: argparse.Namespace) -> None:
     }
     key_file = options.settings.values.get("D118_SFTP_KEY_FILE", "").strip()
     kept = {
-        "the script": beside_script(Path(__file__).name),
+        "the script": beside_script(Path(__file__).resolve().name),  # run by any link's name
         "--known-hosts": options.known_hosts_path,
         "the env file": options.settings.env_file,
         "--config": beside_script(args.config) if args.config else None,
@@ -4472,6 +4475,8 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
     """Run the command line; return the exit code."""
     _SECRETS.clear()  # this run's secrets only
     STOP.__init__()  # this run's stop request only
+    _BOMLESS_COPIES.clear()  # this run's tnsnames copies only (each is removed when dropped)
+    escape_unencodable_output()
     with contextlib.ExitStack() as stack:
         stack.callback(close_logging)
         stack.enter_context(STOP.handling_signals())

@@ -9,6 +9,8 @@ import dataclasses
 import getpass
 import http.server
 import io
+import locale
+import logging
 import os
 import shutil
 import signal
@@ -211,7 +213,7 @@ class App:
         """One run to its end. In this process, a hung run is cut by pytest-timeout."""
         log_before = len(self.log())
         started = time.monotonic()
-        if self.process or cwd is not None:
+        if self.process or cwd is not None or not set({**self.env, **(env or {})}) <= MAIN_READS:
             process = self.start(*args, env=env, cwd=cwd)
             stdout, stderr = process.communicate(timeout=timeout)
             code = process.returncode
@@ -220,31 +222,45 @@ class App:
         return Result(code, stdout, stderr, self.log()[log_before:], time.monotonic() - started)
 
     def run_main(self, argv: list[str], environ: dict[str, str]) -> tuple[int, str, str]:
-        stdout, stderr = io.StringIO(), io.StringIO()
-        script_dir, thread_hook, show_warning = (
-            clever_export.SCRIPT_DIR,
-            threading.excepthook,
-            warnings.showwarning,
-        )
+        stdout, stderr = interpreter_streams(environ)
+        root_logger = logging.getLogger()
+        saved = (clever_export.SCRIPT_DIR, threading.excepthook, root_logger.handlers, root_logger.level)
         try:
             clever_export.SCRIPT_DIR = self.root
-            # What the interpreter prints to stderr on its own, printed here too.
+            # What the interpreter prints to stderr on its own, printed here too: a thread's
+            # traceback, a warning, a library's log record at WARNING (logging's last resort).
             threading.excepthook = threading.__excepthook__
+            root_logger.handlers, root_logger.level = [], logging.WARNING
             with (
                 warnings.catch_warnings(),
                 contextlib.redirect_stdout(stdout),
                 contextlib.redirect_stderr(stderr),
             ):
                 interpreter_warning_filters()
-                warnings.showwarning = print_warning
                 code = clever_export.main(argv, environ=environ)
         finally:
-            clever_export.SCRIPT_DIR, threading.excepthook, warnings.showwarning = (
-                script_dir,
-                thread_hook,
-                show_warning,
-            )
-        return code, stdout.getvalue(), stderr.getvalue()
+            clever_export.SCRIPT_DIR, threading.excepthook, root_logger.handlers, root_logger.level = saved
+        return code, *(stream.buffer.getvalue().decode(stream.encoding) for stream in (stdout, stderr))
+
+
+# The settings main() reads from its environ argument. Any other variable (HOME, TZ,
+# LANG, a proxy) acts on the interpreter or a library, so a run given one is a subprocess.
+MAIN_READS = {*clever_export.SETTING_NAMES, "PYTHONIOENCODING"}
+
+
+def interpreter_streams(environ: dict[str, str]) -> tuple[io.TextIOWrapper, io.TextIOWrapper]:
+    """stdout and stderr as Python opens them for a pipe: the encoding PYTHONIOENCODING
+    or the locale gives, strict on stdout, backslashreplace on stderr."""
+    encoding, _, errors = environ.get("PYTHONIOENCODING", "").partition(":")
+    encoding = encoding or locale.getpreferredencoding(False)
+    return (
+        io.TextIOWrapper(
+            io.BytesIO(), encoding=encoding, errors=errors or "strict", newline="\n", write_through=True
+        ),
+        io.TextIOWrapper(
+            io.BytesIO(), encoding=encoding, errors="backslashreplace", newline="\n", write_through=True
+        ),
+    )
 
 
 def interpreter_warning_filters() -> None:
@@ -254,6 +270,7 @@ def interpreter_warning_filters() -> None:
         warnings.filterwarnings("ignore", category=category)
     warnings.filterwarnings("default", category=DeprecationWarning, module="clever_export")
     warnings.filterwarnings("default", append=True)
+    warnings.showwarning = print_warning  # pytest's records it; the interpreter prints it
 
 
 def print_warning(message, category, filename, lineno, file=None, line=None) -> None:

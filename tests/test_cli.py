@@ -1,5 +1,6 @@
 """The command line: exit codes, one-line errors, secrets, logs, Oracle failures."""
 
+import logging
 import re
 import threading
 import warnings
@@ -185,19 +186,21 @@ def test_paramiko_gets_one_quiet_handler_however_many_runs(tmp_path):
 
 
 def test_a_run_in_the_tests_process_still_shows_what_the_interpreter_prints(app, monkeypatch):
-    """App.run calls main() in this process: a thread's traceback and a library's
-    warning must still reach the run's stderr, as they would reach cron mail."""
+    """App.run calls main() in this process: a thread's traceback, a library's warning
+    and its log record must still reach the run's stderr, as they would reach cron mail."""
 
     def noisy_main(argv, environ):
         failing = threading.Thread(target=lambda: 1 / 0)
         failing.start()
         failing.join()
         warnings.warn("a library's warning", UserWarning, stacklevel=1)
+        logging.getLogger("a.library").warning("a library's log record")
         print(ce.beside_script("x"))
         return 0
 
     monkeypatch.setattr(ce, "main", noisy_main)
     result = app.run()
-    assert "ZeroDivisionError" in result.stderr and "a library's warning" in result.stderr
+    for printed in ("ZeroDivisionError", "a library's warning", "a library's log record"):
+        assert printed in result.stderr
     assert result.stdout.strip() == str(app.root / "x")  # the deployed copy's folder
     assert ce.Path(ce.__file__).resolve().parent == ce.SCRIPT_DIR  # and back after the run

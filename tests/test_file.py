@@ -15,6 +15,7 @@ from conftest import (
     posix_fifo,
     posix_modes,
     posix_paths,
+    posix_symlinks,
     remote_names,
     temporaries,
     warnings_in,
@@ -110,6 +111,21 @@ def test_no_flag_can_aim_a_written_file_at_the_scripts_own_files(app, db, flags,
     assert result.returncode == 2 and named in result.stderr, result.stderr
     after = {p.name: p.read_bytes() for p in app.root.iterdir() if p.is_file()}
     assert {name: after.get(name) for name in before} == before
+
+
+@posix_symlinks
+def test_a_script_started_by_a_link_of_another_name_still_protects_itself(app, db):
+    """bin/clever-export -> ../clever_export.py: --output cannot name the script either."""
+    (app.root / "bin").mkdir()
+    (app.root / "bin" / "clever-export").symlink_to(Path("..", "clever_export.py"))
+    script = (app.root / "clever_export.py").read_bytes()
+    done = subprocess.run(
+        [sys.executable, str(app.root / "bin" / "clever-export"), "--sqlite", str(db([Student(1)])),
+         "--no-upload", "--output", str(app.root / "clever_export.py")],
+        capture_output=True, text=True, timeout=60, env=app.environment(), stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == 2 and "the script" in one_line(done.stderr), done.stderr
+    assert (app.root / "clever_export.py").read_bytes() == script
 
 
 @posix_modes

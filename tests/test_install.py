@@ -279,6 +279,13 @@ def test_demo_db_then_sqlite_writes_what_demo_writes(app, tmp_path):
     assert demo_db.read_bytes() == before
 
 
+def test_demo_db_hint_on_an_ascii_console_escapes_the_path_it_cannot_show(app, tmp_path):
+    target = tmp_path / "Ученики" / "ps.db"
+    made = app.run("--demo-db", str(target), env={"PYTHONIOENCODING": "ascii"})
+    assert made.returncode == 0, made.stderr
+    assert "\\u0423" in made.stdout and target.exists()  # escaped, not a crash
+
+
 def test_demo_db_is_owner_only_and_its_hint_pastes_with_spaces(app, tmp_path):
     import os
     import shlex

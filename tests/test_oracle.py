@@ -4,6 +4,9 @@ driver messages kept whole, and --check running the real statements."""
 import pytest
 from conftest import ORACLE_ENV, SECRET_DB_PASSWORD, Student, one_line
 
+# python-oracledb keeps thick mode's set-up, and its first failure, for the process's life.
+pytestmark = pytest.mark.own_process
+
 
 def tnsnames(tmp_path, port, bom: bool = False):
     folder = tmp_path / "tns"

@@ -277,11 +277,11 @@ def test_check_reads_the_state_file_and_tries_the_output_folder(uploading_app, s
 
 
 def test_status_asks_the_lock_not_a_pid_that_may_be_reused(uploading_app, sftp_server):
-    # A killed run left "running" behind; its PID now belongs to another process (pid 1, or this one).
+    # A killed run left "running" behind; its PID now belongs to another live process (pid 1, or the test runner).
     assert uploading_app.run(*uploading_app.base_args).returncode == 0
     state_path = uploading_app.root / "clever_export.state.json"
     state = json.loads(state_path.read_text())
-    for pid in (1, os.getpid()):
+    for pid in (1, os.getppid()):
         state["running"] = {"started": "2026-12-01T01:30:00+0000", "pid": pid}
         state_path.write_text(json.dumps(state))
         status = uploading_app.run("--status", "--max-age", "26")
