@@ -1977,6 +1977,17 @@ def export_lines(batches: Iterable[list[tuple]], mapper: StudentMapper, changed_
 OWNER_ONLY = 0o600  # student data: the service account alone reads it (Linux/macOS)
 
 
+def give_back(path: Path) -> str:
+    """The fix for a file or folder this account is refused: one an earlier run
+    as root (or Administrator) left behind, named with the command that returns it."""
+    if os.name != "posix":
+        return "was the job run once as Administrator? Give the account that runs the job full control of it"
+    import pwd
+
+    account = pwd.getpwuid(os.geteuid()).pw_name
+    return f"was the job run once as root? As root: chown {account} {shlex.quote(str(path))}"
+
+
 def narrow_to_owner(path: Path | str, descriptor: int | None = None) -> None:
     """Make a file the script writes mode 600 whatever the umask (no-op on Windows,
     where the folder's ACL decides: see README, Where student data goes)."""
@@ -2051,7 +2062,7 @@ def temporary_beside(path: Path, flag: str) -> tuple[int, str]:
     except OSError as error:
         raise ConfigError(
             f"cannot create a file in {path.parent} ({error.strerror}); the account that runs the job "
-            f"must own that folder (was the job run once as root?), or choose another with {flag}"
+            f"must own that folder ({give_back(path.parent)}), or choose another with {flag}"
         ) from None
 
 
@@ -2226,14 +2237,11 @@ class State:
             document = json.loads(path.read_text(encoding="utf-8-sig"))
         except FileNotFoundError:
             return state
-        except PermissionError:
-            state.problem = GuardError(
-                f"state file {path} cannot be read (permission denied), so the safety guard cannot "
-                "compare with the last upload; the account that runs the job must own it (was the job "
-                "run once as root or Administrator? chown it back), or rerun with --force to upload "
-                "and rewrite it"
-            )
-            return state
+        except PermissionError:  # not damaged, so not for --force: an owner problem (exit 2)
+            raise ConfigError(
+                f"state file {path} cannot be read (permission denied); the account that runs the job "
+                f"must own it ({give_back(path)}), or choose another with --state-file"
+            ) from None
         except (OSError, ValueError) as error:
             state.problem = GuardError(
                 f"state file {path} cannot be read ({foreign_text(error, 120)}); the safety guard "
@@ -3063,8 +3071,7 @@ class RunLock:
         except PermissionError:
             raise ConfigError(
                 f"cannot open lock file {self.path} (permission denied): it or its folder belongs to "
-                "another account (was the job run once as root or Administrator? chown it back), "
-                "or choose another with --lock-file"
+                f"another account ({give_back(self.path)}), or choose another with --lock-file"
             ) from None
         except OSError as error:
             raise ConfigError(
@@ -3159,7 +3166,7 @@ def setup_logging(log_path: Path, verbose: bool, quiet: bool) -> RecentLines:
     except OSError as error:
         raise ConfigError(
             f"cannot write log file {log_path} ({error.strerror}); the account that runs the job must "
-            "own it (was the job run once as root or Administrator?), or choose another with --log-file"
+            f"own it ({give_back(log_path)}), or choose another with --log-file"
         ) from None
     for backup in range(1, LOG_BACKUPS + 1):  # rotated copies an older version left wider
         with contextlib.suppress(OSError):
@@ -3547,6 +3554,9 @@ def plan_import_check(options: RunOptions, state: State) -> SentCopy | None:
     if not options.uploads or options.import_deadline_hours <= 0 or not options.profile.can_compare():
         return None
     last_upload = state.last_upload
+    if state.problem is not None:
+        LOG.info("import check skipped: the state file cannot be read")
+        return None
     if last_upload is None or not last_upload.sent_sha256:
         LOG.info("import check skipped: no previous upload recorded with its copy")
         return None
@@ -3905,7 +3915,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="clever_export.py",
         # The manual's first page is the module docstring (absent under python -OO).
-        description=__doc__ or "Nightly PowerSchool -> Clever race, ethnicity and ELL export.",
+        # Its last part (exit codes, how the code reads) is for readers of the source.
+        description=(__doc__ or "Nightly PowerSchool -> Clever race, ethnicity and ELL export.").partition(
+            "\nExit codes: see --help"
+        )[0],
         epilog=epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,  # --dry is not --dry-run: a scheduled task's typo must fail, not guess
@@ -4130,6 +4143,20 @@ FLAG_RANGES = {
 }
 
 
+def check_ping_url(url: str) -> None:
+    """A ping URL urllib can send, or exit 2: a mistyped one would fail every night
+    in silence (the log's warning only).  Never echoed: its path is a credential."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        usable = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        usable = False
+    if not usable:
+        raise ConfigError(
+            "--ping-url must be a whole http:// or https:// URL, such as https://hc-ping.com/<your check's UUID>"
+        )
+
+
 def mode_of(args: argparse.Namespace) -> Mode:
     """What this run does: one mode per run, each flag with the mode it belongs to."""
     chosen = [(flag, mode) for flag, mode, given in (
@@ -4146,6 +4173,8 @@ def mode_of(args: argparse.Namespace) -> Mode:
             finite_number(getattr(args, name), flag, low, high)
     if args.max_age is not None and not args.status:
         raise ConfigError("--max-age goes with --status")
+    if args.ping_url is not None:
+        check_ping_url(args.ping_url)
     if chosen and chosen[0][1] is not Mode.DEMO:
         return chosen[0][1]
     if args.dry_run:
@@ -4301,9 +4330,10 @@ def write_demo_db(path: Path) -> int:
         raise ConfigError(f"cannot write {path}: {foreign_text(error)}") from None
     finally:
         source.close()
+    # The interpreter (the venv's, with the dependencies) and script that ran: pastes from any folder.
     command = [
-        Path(sys.executable).name if os.name == "nt" else "python3",
-        Path(__file__).name,
+        sys.executable,
+        str(beside_script(Path(__file__).resolve().name)),
         "--sqlite",
         str(path),
         "--no-upload",
@@ -4435,12 +4465,14 @@ class Invocation:
         if self.record is None or code == EXIT_LOCKED:
             return
         options = self.options
-        if self.lock is None:  # failed before taking it (a setting): take it to record, or leave it be
-            with contextlib.suppress(Exception):
+        if self.lock is None:  # failed before taking it (a setting): take it to record
+            try:
                 lock_path = options.lock_path if options else lock_path_of(self.args)
                 self.lock = self.stack.enter_context(RunLock(lock_path))
-            if self.lock is None:
-                return
+            except LockedError:
+                return  # another run holds it, and records its own night
+            except Exception:
+                pass  # a lock this account cannot open: the failure is recorded all the same (atomically)
         try:
             state = self.state or State.load(
                 options.state_path if options else beside_script(self.args.state_file)

@@ -11,6 +11,7 @@ from conftest import (
     NO_ROW,
     Student,
     big_export,
+    closed_port,
     one_line,
     posix_fifo,
     posix_modes,
@@ -177,44 +178,117 @@ def test_known_hosts_with_a_bom_and_crlf_is_read(uploading_app, sftp_server):
 # =============================================================================
 
 
-@pytest.mark.skipif(os.name != "posix", reason="POSIX folder modes: Windows decides by ACLs")
-def test_an_output_folder_the_account_cannot_write_exits_2(tmp_path):
-    """As the service account would meet it: an unprivileged user (root writes anywhere,
-    so a root CI drops to nobody with setpriv, the deployed script beside its own libraries)."""
+class ServiceAccount:
+    """A deployed copy as the service account meets it, outside root's 700 folders,
+    beside the two pure-Python libraries a run without an upload needs.  Root
+    writes anywhere, so a root CI runs it as nobody (setpriv) and hands nobody the
+    install; another account runs it as itself, and files "another account owns"
+    are then mode 000 to it."""
+
+    def __init__(self, base: Path):
+        import shutil
+
+        import dotenv
+        import filelock
+        from conftest import REPO, make_db
+
+        if os.geteuid() == 0 and shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv to drop to an unprivileged user")
+        base.chmod(0o755)
+        self.base, self.deployed = base, base / "deploy"
+        shutil.copytree(REPO / "demo", self.deployed / "demo")
+        shutil.copy2(REPO / "clever_export.py", self.deployed)
+        for package in (filelock, dotenv):  # pure Python: importable by any account from here
+            shutil.copytree(Path(package.__file__).parent, base / "lib" / Path(package.__file__).parent.name)
+        make_db(self.deployed / "ps.sqlite", [Student(1)])
+        for path in [self.deployed, *self.deployed.rglob("*")]:
+            self.give(path)
+
+    def give(self, path: Path) -> Path:
+        if os.geteuid() == 0:
+            os.chown(path, 65534, 65534)
+        return path
+
+    def take(self, path: Path) -> Path:
+        """As if a run as root had made `path`: another account's, mode 600."""
+        if os.geteuid() == 0:
+            os.chown(path, 0, 0)
+            path.chmod(0o600)
+        else:
+            path.chmod(0)
+        return path
+
+    def run(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        command = [
+            getattr(sys, "_base_executable", sys.executable),
+            str(self.deployed / "clever_export.py"),
+            *args,
+        ]
+        if os.geteuid() == 0:
+            command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+        environment = {
+            "PATH": os.environ.get("PATH", ""),
+            "PYTHONPATH": str(self.base / "lib"),
+            **(env or {}),
+        }
+        return subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=self.base,
+                              stdin=subprocess.DEVNULL, env=environment)  # fmt: skip
+
+
+@pytest.fixture
+def service_account():
     import shutil
     import tempfile
 
-    import dotenv
-    import filelock
-    from conftest import REPO, make_db
-
-    base = Path(tempfile.mkdtemp(prefix="clever_unprivileged_"))  # outside root's 700 folders
+    if os.name != "posix":
+        pytest.skip("POSIX owners and modes: Windows decides by ACLs")
+    base = Path(tempfile.mkdtemp(prefix="clever_unprivileged_"))
     try:
-        base.chmod(0o755)
-        deployed = base / "deploy"
-        shutil.copytree(REPO / "demo", deployed / "demo")
-        shutil.copy2(REPO / "clever_export.py", deployed)
-        for package in (filelock, dotenv):  # pure Python: importable by any account from here
-            shutil.copytree(Path(package.__file__).parent, base / "lib" / Path(package.__file__).parent.name)
-        make_db(deployed / "ps.sqlite", [Student(1)])
-        folder = base / "readonly"
-        folder.mkdir(mode=0o555)
-        command = [getattr(sys, "_base_executable", sys.executable), str(deployed / "clever_export.py"),
-                   "--sqlite", "ps.sqlite", "--no-upload", "--output", str(folder / "out.txt")]  # fmt: skip
-        if os.geteuid() == 0:
-            if shutil.which("setpriv") is None:
-                pytest.skip("running as root without setpriv to drop to an unprivileged user")
-            for path in [deployed, *deployed.rglob("*")]:
-                os.chown(path, 65534, 65534)  # the service account owns its install, not the folder
-            command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=base, stdin=subprocess.DEVNULL,
-                                env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(base / "lib")})  # fmt: skip
-        assert result.returncode == 2, result.stdout + result.stderr
-        line = one_line(result.stderr)
-        assert str(folder) in line and "--output" in line and "Permission denied" in line
-        assert os.listdir(folder) == []
+        yield ServiceAccount(base)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_an_output_folder_the_account_cannot_write_exits_2(service_account):
+    folder = service_account.base / "readonly"
+    folder.mkdir(mode=0o555)
+    result = service_account.run("--sqlite", "ps.sqlite", "--no-upload", "--output", str(folder / "out.txt"))
+    assert result.returncode == 2, result.stdout + result.stderr
+    line = one_line(result.stderr)
+    assert str(folder) in line and "--output" in line and "Permission denied" in line
+    assert os.listdir(folder) == []
+
+
+def test_after_a_run_as_root_the_night_fails_naming_the_chown_and_status_shows_it(service_account):
+    deployed = service_account.deployed
+    sftp = {"D118_SFTP_ADDRESS": "127.0.0.1", "D118_SFTP_PORT": str(closed_port()),
+            "D118_SFTP_USERNAME": "clever", "D118_SFTP_PASSWORD": "not-used-tonight"}  # fmt: skip
+    state = ce.State(deployed / "clever_export.state.json")
+    state.last_run = ce.RunRecord(started="2026-11-30T01:30:00+0000", finished="2026-11-30T01:31:00+0000",
+                                  exit_code=0, message="succeeded")  # fmt: skip
+    state.last_upload = ce.UploadRecord(students=1, at=ce.now_text(), bytes=12, remote_path="/sftp/x.txt")
+    state.save()
+    service_account.give(state.path)
+    for name in ("clever_export.log", "clever_export.lock"):  # what --show-host-key and --check as root leave
+        (deployed / name).touch()
+        service_account.take(deployed / name)
+
+    night = service_account.run("--sqlite", "ps.sqlite", env=sftp)
+    assert night.returncode == 2, night.stdout + night.stderr
+    line = one_line(night.stderr)
+    assert "clever_export.log" in line and "chown " in line, line
+    status = service_account.run("--status", "--max-age", "26")
+    assert status.returncode == 2 and "cannot write log file" in status.stdout, (
+        status.stdout
+    )  # not last week's success
+
+    for name in ("clever_export.log", "clever_export.lock"):
+        (deployed / name).unlink()
+    service_account.take(state.path)
+    night = service_account.run("--sqlite", "ps.sqlite", env=sftp)
+    line = one_line(night.stderr)
+    assert night.returncode == 2 and "state file" in line and "chown " in line and "--force" not in line, line
+    assert "import check skipped: no previous upload" not in (deployed / "clever_export.log").read_text()
 
 
 def test_an_output_folder_that_is_a_file_exits_2(app, db, tmp_path):

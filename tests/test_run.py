@@ -198,6 +198,19 @@ def test_a_failing_ping_only_warns(uploading_app, sftp_server, silent_listener):
     assert "WARNING: monitoring ping" in result.stderr
 
 
+@pytest.mark.parametrize(
+    "url", ["hc-ping.com/0b1c-secret-uuid", "ftp://hc-ping.com/0b1c-secret-uuid", "https:///0b1c-secret-uuid",
+            "http://[::1/0b1c-secret-uuid"],
+)  # fmt: skip
+def test_a_ping_url_that_cannot_be_sent_exits_2_before_anything_runs(uploading_app, sftp_server, url):
+    """A mistyped ping URL would otherwise fail every night with a log warning only."""
+    result = uploading_app.run(*uploading_app.base_args, "-q", "--ping-url", url)
+    assert result.returncode == 2
+    line = one_line(result.stderr)
+    assert "--ping-url" in line and "https://" in line and "secret" not in line  # the path is a credential
+    assert not uploading_app.output.exists() and sftp_server.connections == 0
+
+
 def test_logs_rotate_and_stay_bounded(monkeypatch, tmp_path, db):
     monkeypatch.setattr(ce, "LOG_MAX_BYTES", 2_000)
     path = str(db([Student(1)]))
