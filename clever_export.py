@@ -2439,11 +2439,26 @@ def check_known_hosts(sftp: SftpSettings) -> KnownHosts:
                 "fingerprint, then add the new key's line"
             )
         raise SftpError(
-            f"{sftp.known_hosts_path} has no usable host key for {sftp.known_hosts_name}; run "
-            "clever_export.py --show-host-key, compare the fingerprint with the server's, "
-            "and add the line it prints"
+            f"{sftp.known_hosts_path} has no usable host key for {name}{other_ports_note(known, sftp)}; "
+            "run clever_export.py --show-host-key (it also says whether the server can be reached), "
+            "compare the fingerprint with the server's, and add the line it prints"
         )
     return known
+
+
+def other_ports_note(known: KnownHosts, sftp: SftpSettings) -> str:
+    """A key saved for this host on another port points at D118_SFTP_PORT; no key
+    at all, as likely at a mistyped address as at a missing line."""
+    ports = {22} if known.host_keys().lookup(sftp.host) is not None else set()
+    prefix = f"[{sftp.host}]:"
+    for entry in known.entries:
+        ports.update(int(name[len(prefix) :]) for name in entry.hostnames
+                     if name.startswith(prefix) and name[len(prefix) :].isdigit())  # fmt: skip
+    ports.discard(sftp.port)
+    if ports:
+        listed = ", ".join(str(port) for port in sorted(ports))
+        return f" (only for {sftp.host} on port {listed}: is D118_SFTP_PORT {sftp.port} right?)"
+    return f" (is D118_SFTP_ADDRESS {sftp.host} right?)"
 
 
 def fingerprint_line(key, host_name: str) -> str:
@@ -2678,9 +2693,14 @@ def refusal(error: BaseException) -> str | None:
         return "permission denied"
     if isinstance(error, FileNotFoundError):
         return "no such file"
-    if type(error) is OSError and error.errno is None:  # paramiko's other statuses: Failure, unsupported...
-        return foreign_text(str(error) or "failure", 80).lower()
+    if type(error) is OSError and error.errno is None and str(error) != CHANNEL_CLOSED:
+        return foreign_text(str(error) or "failure", 80).lower()  # paramiko's other statuses: Failure...
     return None
+
+
+# paramiko's OSError (errno None, like a server's status) once the connection is
+# closed, by a stop or the network: no server refused anything.
+CHANNEL_CLOSED = "Socket is closed"
 
 
 class RemoteRefused(SftpError):

@@ -22,6 +22,7 @@ from conftest import (
     warnings_in,
     wording,
 )
+from conftest import clever_export as ce
 
 
 def test_password_login_uploads_the_file_byte_identical(uploading_app, sftp_server):
@@ -85,7 +86,27 @@ def test_unknown_host_refuses_before_reading_the_database(uploading_app, sftp_se
     result = uploading_app.run(*uploading_app.base_args)
     assert result.returncode == 4
     assert "has no usable host key for" in result.stderr and "--show-host-key" in result.stderr
+    assert f"only for 127.0.0.1 on port 1: is D118_SFTP_PORT {sftp_server.port} right?" in one_line(
+        result.stderr
+    )
     assert sftp_server.connections == 0 and not uploading_app.output.exists()
+
+
+def test_a_closed_connection_is_not_a_refusal_but_a_servers_status_is():
+    """After Ctrl-C closed the connection, "its removal was refused" would send an admin to the server."""
+    assert ce.refusal(OSError("Socket is closed")) is None  # paramiko's text once the channel is gone
+    assert ce.refusal(OSError("Failure")) == "failure"
+    assert ce.refusal(PermissionError(13, "Permission denied")) == "permission denied"
+
+
+def test_a_host_known_hosts_never_names_asks_whether_the_address_is_right(uploading_app, sftp_server):
+    result = uploading_app.run(*uploading_app.base_args, env={"D118_SFTP_ADDRESS": "sftp.typo.invalid"})
+    assert result.returncode == 4
+    line = one_line(result.stderr)
+    assert (
+        "no usable host key for [sftp.typo.invalid]" in line
+        and "is D118_SFTP_ADDRESS sftp.typo.invalid right?" in line
+    )
 
 
 def test_missing_known_hosts_is_a_configuration_error(uploading_app, sftp_server):
