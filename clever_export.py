@@ -629,6 +629,8 @@ def read_env_file(path: Path) -> dict[str, str]:
         text = path.read_bytes().decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError:
         raise ConfigError(f"env file {path} is not UTF-8 text; save it as UTF-8") from None
+    except PermissionError:
+        raise ConfigError(f"env file {path} cannot be read (permission denied); {give_back(path)}") from None
     except OSError as error:
         raise ConfigError(f"env file {path} cannot be read ({error.strerror}); check its owner") from None
     for number, line in enumerate(text.splitlines(), 1):
@@ -2414,16 +2416,22 @@ def read_known_hosts(sftp: SftpSettings) -> KnownHosts:
                 continue
         try:
             entry = paramiko.hostkeys.HostKeyEntry.from_line(line, number)
-        except (paramiko.hostkeys.InvalidHostKey, paramiko.SSHException, ValueError) as error:
-            LOG.warning("known_hosts %s line %d skipped: %s", path, number, foreign_text(error, 80))
-            continue
+        except (paramiko.hostkeys.InvalidHostKey, paramiko.SSHException, ValueError):
+            entry = None
         if entry is None:
-            LOG.warning("known_hosts %s line %d skipped: unknown key type or too few fields", path, number)
+            LOG.warning("known_hosts %s line %d skipped: %s", path, number, known_hosts_line_problem(line))
         elif marker == "@revoked":
             revoked.append(entry)
         else:
             entries.append(entry)
     return KnownHosts(entries, [entry.key for entry in revoked], revoked)
+
+
+def known_hosts_line_problem(line: str) -> str:
+    fields = line.split()
+    if len(fields) >= 2 and fields[0].isdigit() and fields[1].startswith(("SHA256:", "MD5:")):
+        return "it is a fingerprint (as ssh-keygen -l prints), not a key: add the line --show-host-key prints"
+    return "not host, key type and key, or a key type paramiko does not know"
 
 
 def check_known_hosts(sftp: SftpSettings) -> KnownHosts:
@@ -2479,6 +2487,8 @@ def load_client_key(sftp: SftpSettings):
         head = path.read_bytes()[:64]
     except FileNotFoundError:
         raise ConfigError(f"{name} {path} does not exist; check the path") from None
+    except PermissionError:
+        raise ConfigError(f"{name} {path} cannot be read (permission denied); {give_back(path)}") from None
     except OSError as error:
         raise ConfigError(f"{name} {path} cannot be read ({error.strerror}); check its owner") from None
     if head.startswith(b"PuTTY-User-Key-File"):
@@ -3737,7 +3747,10 @@ def run_check(options: RunOptions) -> int:
         f"output folder {options.output_path.parent} writable",
         lambda: probe_folder(options.output_path, "--output"),
     )
-    check(f"lock {options.lock_path} usable", lambda: probe_lock(options.lock_path))
+    if RunLock.held(options.lock_path):  # tonight's run, say: noted, never waited for
+        print(f"[WARN] lock {options.lock_path} is held by a run now; it is usable once that run ends")
+    else:
+        check(f"lock {options.lock_path} usable", lambda: probe_lock(options.lock_path))
     values = options.settings.values
     database = None
     if options.source == "oracle":
@@ -3970,7 +3983,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument(
         "--status",
         action="store_true",
-        help="print the last run and the last successful upload; exit with the last run's code",
+        help="print the last run, the last successful upload and the last import check; exit with "
+        "the last run's code",
     )
     mode.add_argument(
         "--max-age",

@@ -290,6 +290,14 @@ def test_after_a_run_as_root_the_night_fails_naming_the_chown_and_status_shows_i
     assert night.returncode == 2 and "state file" in line and "chown " in line and "--force" not in line, line
     assert "import check skipped: no previous upload" not in (deployed / "clever_export.log").read_text()
 
+    service_account.give(state.path).chmod(0o600)
+    env_file = deployed / "clever_export.env"  # edited as root, say
+    env_file.write_text("D118_SFTP_USERNAME=clever\n")
+    service_account.take(env_file)
+    night = service_account.run("--sqlite", "ps.sqlite", env=sftp)
+    line = one_line(night.stderr)
+    assert night.returncode == 2 and "env file" in line and "chown " in line, line
+
 
 def test_an_output_folder_that_is_a_file_exits_2(app, db, tmp_path):
     not_a_folder = tmp_path / "reports"

@@ -147,6 +147,18 @@ def test_zero_students_exits_5_and_uploads_nothing(uploading_app, sftp_server, d
     assert sftp_server.connections == 0 and remote_names(sftp_server) == []
 
 
+def test_check_while_a_run_holds_the_lock_says_so_once(uploading_app, sftp_server):
+    import filelock
+
+    lock_path = uploading_app.root / "clever_export.lock"
+    with filelock.FileLock(str(lock_path)):  # a second open file: held, as by another process
+        result = uploading_app.run("--check", "--sqlite", str(uploading_app.db_path), "--timeout", "5")
+    assert result.returncode == 0, result.stdout
+    assert [line for line in result.stdout.splitlines() if str(lock_path) in line] == [
+        f"[WARN] lock {lock_path} is held by a run now; it is usable once that run ends"
+    ]
+
+
 def test_check_passes_on_a_good_setup(uploading_app, sftp_server):
     result = uploading_app.run("--check", "--sqlite", str(uploading_app.db_path), "--timeout", "5")
     assert result.returncode == 0, result.stdout

@@ -565,19 +565,21 @@ def test_unusable_known_hosts_lines_are_skipped_with_their_line_numbers(uploadin
         f"@cert-authority *.example.org {key}\n"  # line 2
         f"[127.0.0.1]:{sftp_server.port} ssh-frobnicate AAAAB3NzaC1yc2EAAAADAQABAAABAQ\n"  # line 3
         f"[127.0.0.1]:{sftp_server.port} ssh-ed25519 AAAA!!!not*base64===\n"  # line 4
-        + sftp_server.known_hosts_line()  # line 5: the good one
+        f"256 SHA256:abLY0m15U4q0Rj8u3jx9 [127.0.0.1]:{sftp_server.port} (ED25519)\n"  # line 5: ssh-keygen -l
+        + sftp_server.known_hosts_line()  # line 6: the good one
     )
     result = uploading_app.run(*uploading_app.base_args)
     assert result.returncode == 0, result.stderr
     assert sftp_server.remote().read_bytes() == uploading_app.output.read_bytes()
     warnings = warnings_in(result.log)
-    for number in (2, 3, 4):
+    for number in (2, 3, 4, 5):
         assert any(f"{uploading_app.known_hosts} line {number} skipped" in w for w in warnings), (
             number,
             warnings,
         )
     assert any("line 2 skipped" in w and "@cert-authority" in w for w in warnings)
-    assert not any("line 5" in w for w in warnings)
+    assert any("line 5 skipped: it is a fingerprint" in w and "--show-host-key" in w for w in warnings)
+    assert not any("line 6" in w or "(" in w.partition("skipped:")[2][:3] for w in warnings)  # no raw tuple
     assert "Traceback" not in result.everything()
 
 
