@@ -144,18 +144,19 @@ EXIT_DATABASE = 3
 EXIT_SFTP = 4
 EXIT_GUARD = 5
 EXIT_NOT_IMPORTED = 6  # tonight's file was uploaded; last night's never reached PowerSchool
+EXIT_STALE = 7  # --status --max-age only: no successful upload within HOURS
 EXIT_LOCKED = 75  # EX_TEMPFAIL from sysexits.h: "try again later"
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 EXIT_TERMINATED = 143  # 128 + SIGTERM, as shells report a kill
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "success",
-    EXIT_BUG: "a bug in this script (the log has the traceback; please report it); "
-    "for --status --max-age: the last upload is too old",
+    EXIT_BUG: "a bug in this script (the log has the traceback; please report it)",
     EXIT_CONFIG: "usage or configuration: a flag, variable, file or profile",
     EXIT_DATABASE: "database: connect or query",
     EXIT_SFTP: "SFTP: connect, login, host key, upload",
     EXIT_GUARD: "safety guard: the export looks wrong, nothing uploaded",
     EXIT_NOT_IMPORTED: "PowerSchool did not import the previous upload (check AutoComm)",
+    EXIT_STALE: "--status --max-age: no successful upload within that many hours",
     EXIT_LOCKED: "another run holds the lock (try again later)",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
     EXIT_TERMINATED: "terminated (SIGTERM: a service manager or kill)",
@@ -3712,7 +3713,7 @@ def show_status(state_path: Path, lock_path: Path, max_age_hours: float | None) 
             if age is not None and age < -0.25:
                 shown = f"{-age:.1f} hours in the future (check the clock)"
             print(f"the last successful upload was {shown}: --max-age is {max_age_hours:g} hours")
-            return EXIT_BUG if code in (EXIT_OK, EXIT_CONFIG) else code  # 1: too old (or none), as documented
+            return EXIT_STALE if code in (EXIT_OK, EXIT_CONFIG) else code
     return code
 
 

@@ -285,7 +285,7 @@ def test_an_upload_time_in_the_future_fails_max_age(uploading_app, sftp_server):
     state["last_upload"]["at"] = "2099-01-01T01:30:00+0000"
     state_path.write_text(json.dumps(state))
     result = uploading_app.run("--status", "--max-age", "26")
-    assert result.returncode == 1 and "in the future" in result.stdout
+    assert result.returncode == 7 and "in the future" in result.stdout
 
 
 def test_check_reads_the_state_file_and_tries_the_output_folder(uploading_app, sftp_server):
