@@ -204,10 +204,18 @@ class App:
         return {**base, **self.env, **(extra or {})}
 
     def start(self, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
-        return subprocess.Popen(
-            self.command(*args), env=self.environment(env), cwd=cwd or self.root,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
-        )  # fmt: skip
+        for attempt in (1, 2):
+            try:
+                return subprocess.Popen(
+                    self.command(*args), env=self.environment(env), cwd=cwd or self.root,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
+                )  # fmt: skip
+            except OSError as error:
+                # Wine's CreateProcess now and then fails with ERROR_INTERNAL_ERROR (1359)
+                # under load, before the script exists as a process: one more try, for that alone.
+                if getattr(error, "winerror", None) != 1359 or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def run(self, *args: str, env=None, cwd=None, timeout: float = 90) -> Result:
         """One run to its end. In this process, a hung run is cut by pytest-timeout."""
