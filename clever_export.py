@@ -1987,7 +1987,10 @@ def give_back(path: Path) -> str:
         return "was the job run once as Administrator? Give the account that runs the job full control of it"
     import pwd
 
-    account = pwd.getpwuid(os.geteuid()).pw_name
+    try:
+        account = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:  # an account /etc/passwd does not list (a container's bare UID)
+        account = str(os.geteuid())
     return f"was the job run once as root? As root: chown {account} {shlex.quote(str(path))}"
 
 

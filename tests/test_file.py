@@ -440,3 +440,16 @@ def test_a_full_disk_mid_export_exits_2_in_one_line_and_keeps_the_previous_file(
     assert output.read_bytes() == b"last night's file\n"
     assert temporaries(tiny_tmpfs) == []
     assert sftp_server.connections == 0 and remote_names(sftp_server) == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX owners")
+def test_the_chown_hint_names_an_account_passwd_does_not_list_by_its_number(monkeypatch):
+    import pwd
+
+    def unlisted(uid):
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+
+    monkeypatch.setattr(pwd, "getpwuid", unlisted)
+    assert ce.give_back(Path("/opt/x y/clever_export.log")) == (
+        f"was the job run once as root? As root: chown {os.geteuid()} '/opt/x y/clever_export.log'"
+    )
