@@ -135,8 +135,7 @@ DEFAULT_MAX_DROP_PERCENT = 20.0
 LOG_MAX_BYTES = 5 * 1024 * 1024  # x LOG_BACKUPS: the log never exceeds ~30 MB
 LOG_BACKUPS = 5
 
-# Exit codes, the one table --help, the module docstring and README.md show
-# (a test keeps the docstring's table equal to this one).
+# Exit codes, the one table: --help prints it and a test keeps README.md's equal to it.
 EXIT_OK = 0
 EXIT_BUG = 1  # only a bug in this script: please report it
 EXIT_CONFIG = 2
@@ -1981,17 +1980,31 @@ OWNER_ONLY = 0o600  # student data: the service account alone reads it (Linux/ma
 
 
 def give_back(path: Path) -> str:
-    """The fix for a file or folder this account is refused: one an earlier run
-    as root (or Administrator) left behind, named with the command that returns it."""
+    """The fix for a file (or the folder it would go in) this account is refused,
+    by its owner: root's, after a run as root, is given back with the command
+    that does it; another account's is that account's job to run."""
     if os.name != "posix":
         return "was the job run once as Administrator? Give the account that runs the job full control of it"
+    existing = next((folder for folder in (path, *path.parents) if folder.exists()), path)
+    try:
+        owner = existing.stat().st_uid
+    except OSError:
+        owner = None
+    me = os.geteuid()
+    if owner == 0 and me != 0:
+        return f"was the job run once as root? As root: chown {account_name(me)} {shlex.quote(str(existing))}"
+    if owner is not None and owner != me:
+        return f"{existing} belongs to {account_name(owner)}: run this as that account"
+    return f"check the mode of {existing}"
+
+
+def account_name(uid: int) -> str:
     import pwd
 
     try:
-        account = pwd.getpwuid(os.geteuid()).pw_name
+        return pwd.getpwuid(uid).pw_name
     except KeyError:  # an account /etc/passwd does not list (a container's bare UID)
-        account = str(os.geteuid())
-    return f"was the job run once as root? As root: chown {account} {shlex.quote(str(path))}"
+        return str(uid)
 
 
 def narrow_to_owner(path: Path | str, descriptor: int | None = None) -> None:
@@ -2065,10 +2078,14 @@ def temporary_beside(path: Path, flag: str) -> tuple[int, str]:
     make_folder(path, flag)
     try:
         return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as error:
+    except PermissionError as error:
         raise ConfigError(
             f"cannot create a file in {path.parent} ({error.strerror}); the account that runs the job "
             f"must own that folder ({give_back(path.parent)}), or choose another with {flag}"
+        ) from None
+    except OSError as error:
+        raise ConfigError(
+            f"cannot create a file in {path.parent} ({error.strerror}); choose another with {flag}"
         ) from None
 
 
@@ -2224,13 +2241,14 @@ class State:
     """The state file: the last run, the last upload and the last import check.
 
     Loaded once a run; save() is the one writer.  A file that cannot be read
-    is kept with its problem and never overwritten (it holds the count the
-    safety guard compares with) until --force starts it afresh.
+    is kept with its problem (exit 5 if damaged, 2 if another account's) and
+    never overwritten (it holds the count the safety guard compares with)
+    until --force starts it afresh.
     """
 
     def __init__(self, path: Path):
         self.path = path
-        self.problem: GuardError | None = None
+        self.problem: GuardError | ConfigError | None = None
         self.last_run: RunRecord | None = None
         self.last_upload: UploadRecord | None = None
         self.last_import_check: ImportCheckRecord | None = None
@@ -2243,11 +2261,12 @@ class State:
             document = json.loads(path.read_text(encoding="utf-8-sig"))
         except FileNotFoundError:
             return state
-        except PermissionError:  # not damaged, so not for --force: an owner problem (exit 2)
-            raise ConfigError(
+        except PermissionError:  # not damaged: an owner problem (exit 2), and --force is not its fix
+            state.problem = ConfigError(
                 f"state file {path} cannot be read (permission denied); the account that runs the job "
                 f"must own it ({give_back(path)}), or choose another with --state-file"
-            ) from None
+            )
+            return state
         except (OSError, ValueError) as error:
             state.problem = GuardError(
                 f"state file {path} cannot be read ({foreign_text(error, 120)}); the safety guard "
@@ -2462,10 +2481,10 @@ def other_ports_note(known: KnownHosts, sftp: SftpSettings) -> str:
     """A key saved for this host on another port points at D118_SFTP_PORT; no key
     at all, as likely at a mistyped address as at a missing line."""
     ports = {22} if known.host_keys().lookup(sftp.host) is not None else set()
-    prefix = f"[{sftp.host}]:"
+    prefix = f"[{sftp.host}]:".lower()
     for entry in known.entries:
-        ports.update(int(name[len(prefix) :]) for name in entry.hostnames
-                     if name.startswith(prefix) and name[len(prefix) :].isdigit())  # fmt: skip
+        ports.update(int(name[len(prefix) :]) for name in map(str.lower, entry.hostnames)
+                     if name.startswith(prefix) and re.fullmatch("[0-9]{1,5}", name[len(prefix) :]))  # fmt: skip
     ports.discard(sftp.port)
     if ports:
         listed = ", ".join(str(port) for port in sorted(ports))
@@ -3197,10 +3216,14 @@ def setup_logging(log_path: Path, verbose: bool, quiet: bool) -> RecentLines:
     try:
         make_owner_only_folders(log_path.parent)
         log_file = OwnerOnlyLog(log_path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8")
-    except OSError as error:
+    except PermissionError as error:
         raise ConfigError(
             f"cannot write log file {log_path} ({error.strerror}); the account that runs the job must "
             f"own it ({give_back(log_path)}), or choose another with --log-file"
+        ) from None
+    except OSError as error:
+        raise ConfigError(
+            f"cannot write log file {log_path} ({error.strerror}); choose another with --log-file"
         ) from None
     for backup in range(1, LOG_BACKUPS + 1):  # rotated copies an older version left wider
         with contextlib.suppress(OSError):
@@ -3673,7 +3696,7 @@ def show_status(state_path: Path, lock_path: Path, max_age_hours: float | None) 
     state = State.load(state_path)
     if state.problem is not None:
         print(f"status: {state.problem}")
-        return state.problem.exit_code  # 5, as a run and --check give for it
+        return state.problem.exit_code  # as a run and --check give for it
     last_run = state.last_run
     code = EXIT_CONFIG
     if state.running and RunLock.held(lock_path):
@@ -4186,12 +4209,15 @@ def check_ping_url(url: str) -> None:
     in silence (the log's warning only).  Never echoed: its path is a credential."""
     try:
         parts = urllib.parse.urlsplit(url)
-        usable = parts.scheme in ("http", "https") and bool(parts.hostname)
-    except ValueError:
+        usable = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+        # /start and /fail go on the path: after a ?query or #fragment they would ping success
+        usable = usable and not (parts.query or parts.fragment or parts.username or parts.password)
+    except ValueError:  # a port that is not a number
         usable = False
-    if not usable:
+    if not usable or any(character.isspace() for character in url):
         raise ConfigError(
-            "--ping-url must be a whole http:// or https:// URL, such as https://hc-ping.com/<your check's UUID>"
+            "--ping-url must be a whole http:// or https:// URL without ?, # or user@, such as "
+            "https://hc-ping.com/<your check's UUID>"
         )
 
 
@@ -4467,6 +4493,8 @@ class Invocation:
         # and the state file is only ever written by the lock's holder.
         self.lock = self.stack.enter_context(RunLock(options.lock_path))
         self.state = State.load(options.state_path)
+        if options.uploads and isinstance(self.state.problem, ConfigError):
+            raise self.state.problem  # another account's file: the night cannot record what it sends
         if self.record is not None:
             self.state.running = self.record.started
             self.state.save_or_warn(True, "could not record this run for --status")

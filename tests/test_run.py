@@ -192,6 +192,16 @@ def test_check_finds_an_unwritable_remote_directory(uploading_app, sftp_server):
     assert "[FAIL] remote directory /missing writable" in result.stdout
 
 
+def test_ping_urls_that_can_be_sent_are_accepted():
+    for url in (
+        "https://hc-ping.com/0b1c",
+        "HTTPS://hc-ping.com/0b1c",
+        "http://[::1]:8000/ping/abc",
+        "http://127.0.0.1/",
+    ):
+        ce.check_ping_url(url)
+
+
 def test_pings_start_success_and_fail_with_log_lines(uploading_app, sftp_server, ping_server):
     assert uploading_app.run(*uploading_app.base_args, "--ping-url", ping_server.url).returncode == 0
     assert [path for path, _ in ping_server.pings] == ["/ping/abc/start", "/ping/abc"]
@@ -212,7 +222,9 @@ def test_a_failing_ping_only_warns(uploading_app, sftp_server, silent_listener):
 
 @pytest.mark.parametrize(
     "url", ["hc-ping.com/0b1c-secret-uuid", "ftp://hc-ping.com/0b1c-secret-uuid", "https:///0b1c-secret-uuid",
-            "http://[::1/0b1c-secret-uuid"],
+            "http://[::1/0b1c-secret-uuid", "https://hc-ping.com/0b1c-secret-uuid#x",
+            "https://hc-ping.com/0b1c-secret/slug?create=1", "https://user:secret@hc-ping.com/u",
+            "https://hc-ping.com:abc/secret", "https://hc-ping.com/secret uuid"],
 )  # fmt: skip
 def test_a_ping_url_that_cannot_be_sent_exits_2_before_anything_runs(uploading_app, sftp_server, url):
     """A mistyped ping URL would otherwise fail every night with a log warning only."""
