@@ -101,7 +101,9 @@ def test_a_closed_connection_is_not_a_refusal_but_a_servers_status_is():
 
 def test_a_port_known_hosts_cannot_mean_is_not_taken_for_one(uploading_app, sftp_server):
     key = sftp_server.known_hosts_line().split(" ", 1)[1]
-    uploading_app.known_hosts.write_text(f"[127.0.0.1]:\u00b2 {key}[127.0.0.1]:99999 {key}")  # ² is a "digit"
+    uploading_app.known_hosts.write_text(
+        f"[127.0.0.1]:\u00b2 {key}[127.0.0.1]:99999 {key}", encoding="utf-8"
+    )  # ²: isdigit()
     result = uploading_app.run(*uploading_app.base_args)
     assert result.returncode == 4, result.stderr
     assert "port 99999" in one_line(result.stderr)
