@@ -3816,15 +3816,11 @@ def check_targets(targets: list[str]) -> None:
         )
 
 
-def probe_lock(lock_path: Path) -> str | None:
-    """--check: the lock can be taken (a run holding it now is only noted; one
-    the account cannot open, as after a run as root, fails like the night)."""
-    try:
-        with RunLock(lock_path, wait=0):
-            return None
-    except LockedError:
-        print(f"[WARN] lock {lock_path} is held by a run now")
-        return None
+def probe_lock(lock_path: Path) -> None:
+    """--check: the lock can be taken (one the account cannot open, as after a run
+    as root, fails like the night).  A run that took it a moment ago proves it usable."""
+    with contextlib.suppress(LockedError), RunLock(lock_path, wait=0):
+        return
 
 
 def check_database(check: Checklist, options: RunOptions, database: DatabaseSettings | None) -> None:
@@ -4527,7 +4523,8 @@ class Invocation:
         return outcome.code
 
     def finish(self, code: int) -> None:
-        """Record a nightly run's outcome for --status, holding the lock (never a locked-out run's)."""
+        """Record a nightly run's outcome for --status: never a locked-out run's, and a
+        failed run's even where this account cannot open the lock."""
         if self.record is None or code == EXIT_LOCKED:
             return
         options = self.options
