@@ -76,6 +76,7 @@ import contextlib
 import dataclasses
 import datetime
 import enum
+import functools
 import hashlib
 import io
 import itertools
@@ -859,7 +860,15 @@ class RedactTracebacks(logging.Filter):
         return True
 
 
-# --- Stopping at a safe point --------------------------------------------------
+# --- Every wait has an end ------------------------------------------------------
+
+STOP_SECONDS = 10.0  # a stopped run ends within this, whatever it was waiting on (docs/running.md)
+STOP_GRACE_SECONDS = 2.0  # a call under way when the stop comes may finish within this; then it is cut
+DEFERRED_SECONDS = 4.0  # a rename on the server, once sent, may finish within this after a stop
+REPORTS_END_SECONDS = 8.5  # after a stop, the alerts and the ping share the time up to this
+CLOSE_SECONDS = 2.0  # closing a connection: a peer that stalls is left behind
+CANCEL_WAIT_SECONDS = 1.0  # a call cut short ends (a query interrupted on the database) within this
+POLL_SECONDS = 0.05
 
 
 class Terminated(BaseException):
@@ -872,41 +881,36 @@ class Terminated(BaseException):
 
 class StopRequest:
     """SIGTERM and SIGINT only record the request; the run stops at its next safe
-    point (stop_point).  A call blocked on the network is cut by shutting its
-    socket after STOP_GRACE seconds, so a run ends within --timeout and a few
-    seconds; a rename on the server (deferred) is never cut in the middle."""
-
-    GRACE_SECONDS = 2.0
+    point (check), and a call to a service under way is cut by bounded(), so a
+    stopped run ends within STOP_SECONDS.  A rename on the server (deferred) is
+    given DEFERRED_SECONDS to finish, and the alerts and the ping what is left."""
 
     def __init__(self):
         self.signum: int | None = None
+        self.at = math.inf  # when the stop came (time.monotonic)
         self.deferred = 0
-        self.sockets: list[socket.socket] = []  # the SFTP connection now open, to cut
         self.wake = threading.Event()  # set by a signal: ends a wait between retries
 
     def request(self, signum: int, frame=None) -> None:
         if self.signum is not None:  # the first one counts; a second changes nothing
             return
-        self.signum = signum
+        self.signum, self.at = signum, time.monotonic()
         self.wake.set()
-        threading.Thread(target=self._cut_when_stuck, name="stop-watchdog", daemon=True).start()
-
-    def _cut_when_stuck(self) -> None:
-        time.sleep(self.GRACE_SECONDS)
-        while self.deferred:  # a rename on the server finishes first (bounded by --timeout)
-            time.sleep(0.05)
-        for sock in list(self.sockets):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
 
     def check(self, uploaded: bool = False) -> None:
         """A safe point: raise Terminated if a stop was asked for (and nothing is deferred)."""
         if self.signum is not None and not self.deferred:
             raise Terminated(self.signum, uploaded)
 
+    def cut_at(self, stoppable: bool) -> float:
+        """When a call under way is cut short by the stop (never, without one)."""
+        if not stoppable:  # an alert or a ping: what is left of STOP_SECONDS
+            return self.at + REPORTS_END_SECONDS
+        return self.at + (DEFERRED_SECONDS if self.deferred else STOP_GRACE_SECONDS)
+
     @contextlib.contextmanager
     def deferred_section(self) -> Iterator[None]:
-        """Work that must finish once started (the swap on the server)."""
+        """Work that must finish once started (the swap on the server, its cleanup)."""
         self.deferred += 1
         try:
             yield
@@ -928,6 +932,68 @@ class StopRequest:
 
 
 STOP = StopRequest()  # main() starts each run with a new one
+
+
+def bounded(
+    call: Callable[[], Any],
+    what: str,
+    seconds: float,
+    failure: type[Exception] = TimeoutError,
+    cancel: Callable[[], Any] | None = None,
+    fix: str = "",
+    stoppable: bool = True,
+) -> Any:
+    """call() on a worker thread, waited for until it ends, `seconds` pass or a stop cuts it.
+
+    The one timer of the script: every call to the database, the SFTP server,
+    an alert target or the ping goes through it.  The deadline is wall-clock
+    time, so a peer that trickles a byte at a time is cut like one that never
+    answers: cancel() frees the worker (a socket shut, a query cancelled on
+    the database), or the worker is left behind (a daemon thread).  After a
+    stop nothing new starts, and a call under way gets STOP_GRACE_SECONDS;
+    stoppable=False (an alert, a ping) is not cut by the stop but shares what
+    is left of STOP_SECONDS.
+    """
+    if stoppable:
+        STOP.check()
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as error:  # handed to the waiting thread below
+            outcome["error"] = error
+
+    worker = threading.Thread(target=work, name=f"bounded: {what[:40]}", daemon=True)
+    started = time.monotonic()
+    worker.start()
+    while worker.is_alive():
+        now, end = time.monotonic(), min(started + seconds, STOP.cut_at(stoppable))
+        if now < end:
+            worker.join(min(POLL_SECONDS, end - now))
+            continue
+        if cancel is not None:
+            with contextlib.suppress(Exception):
+                cancel()
+            worker.join(CANCEL_WAIT_SECONDS)  # a cancelled call ends before its connection is touched again
+        if now < started + seconds:  # the stop's cut, not the deadline
+            if stoppable:
+                raise Terminated(STOP.signum)
+            raise failure(f"{what} was cut short by the stop")
+        raise failure(f"{what} did not finish within {seconds:g} seconds{fix and '; ' + fix}")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+def together(*calls: Callable[[], Any]) -> None:
+    """Calls that each end by their own deadline (bounded), made at once: the
+    alerts and the ping take as long as the slowest of them, not their sum."""
+    workers = [threading.Thread(target=call, daemon=True) for call in calls]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
 
 
 # =============================================================================
@@ -1095,34 +1161,22 @@ def connect_oracle(settings: DatabaseSettings, timeout: float):
             ) from None
     where = describe_dsn(settings, oracledb)
     # python-oracledb's tcp_connect_timeout covers only the TCP handshake; a
-    # listener that accepts and then says nothing would hang connect()
-    # forever, so the whole call runs in a daemon thread we stop waiting for.
-    outcome: dict[str, Any] = {}
-
-    def attempt() -> None:
-        try:
-            outcome["connection"] = oracledb.connect(
+    # listener that accepts and then says nothing would hang connect() forever.
+    try:
+        connection = bounded(
+            lambda: oracledb.connect(
                 user=settings.user,
                 password=settings.password.reveal(),
                 dsn=settings.dsn,
                 config_dir=config_dir if oracledb.is_thin_mode() else None,
                 tcp_connect_timeout=timeout,
                 retry_count=0,
-            )
-        except BaseException as error:  # handed to the main thread below
-            outcome["error"] = error
-
-    worker = threading.Thread(target=attempt, name="oracle-connect", daemon=True)
-    worker.start()
-    worker.join(timeout)
-    if worker.is_alive():
-        raise DatabaseError(
-            f"database {where} did not answer within {timeout:g} seconds; "
-            "check POWERSCHOOL_PROD_DB and that the database is up"
-        )
-    if "error" in outcome:
-        raise connect_failure(where, outcome["error"])
-    connection = outcome["connection"]
+            ),
+            f"the connection to database {where}", timeout, DatabaseError,
+            fix="check POWERSCHOOL_PROD_DB and that the database is up",
+        )  # fmt: skip
+    except Exception as error:
+        raise connect_failure(where, error) from None
     connection.call_timeout = int(timeout * 1000)  # each round trip, in ms
     connection.outputtypehandler = _replace_undecodable_text
     return connection
@@ -1130,6 +1184,8 @@ def connect_oracle(settings: DatabaseSettings, timeout: float):
 
 def connect_failure(where: str, error: BaseException) -> DatabaseError:
     """The one line for a failed connect: the driver's codes and causes, and the fix."""
+    if isinstance(error, DatabaseError):
+        return error
     message = database_message(error)
     for code, reason in THICK_MODE_ERRORS.items():
         if code in message:
@@ -1211,7 +1267,7 @@ def connect_sqlite(path: Path):
         what = "is a folder, not a file" if path.is_dir() else "does not exist"
         raise ConfigError(f"SQLite file {path} {what}; check --sqlite (relative paths are beside the script)")
     try:
-        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
     except sqlite3.Error as error:
         raise DatabaseError(f"cannot open SQLite file {path}: {error}") from None
     connection.text_factory = _decode_replacing
@@ -1232,65 +1288,96 @@ def connect_demo():
             f"demo data {seed_path} cannot be read ({error.strerror}); "
             "--demo needs the demo/ folder from the repository beside the script"
         ) from None
-    connection = sqlite3.connect(":memory:")
+    connection = sqlite3.connect(":memory:", check_same_thread=False)  # queried from bounded()'s worker
     connection.executescript(seed)
     return connection
 
 
-def stream_batches(connection, statement: ExportStatement) -> Iterator[list[tuple]]:
+class Database:
+    """The source's connection: every statement and fetch ends by --timeout
+    (bounded), and one cut short is cancelled on the database (Oracle's and
+    PostgreSQL's cancel(), SQLite's interrupt())."""
+
+    def __init__(self, connection, timeout: float):
+        self.connection, self.timeout = connection, timeout
+
+    def call(self, action: Callable[[], Any], what: str) -> Any:
+        fix = "check the database's load, or raise --timeout"
+        return bounded(action, what, self.timeout, DatabaseError, self.cancel, fix)
+
+    def cancel(self) -> None:
+        (getattr(self.connection, "cancel", None) or self.connection.interrupt)()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            bounded(self.connection.close, "closing the database connection", CLOSE_SECONDS, stoppable=False)
+
+
+def stream_batches(database: Database, statement: ExportStatement) -> Iterator[list[tuple]]:
     """Execute the statement once; return an iterator over its rows in batches
     of FETCH_ARRAYSIZE (the caller loops over each batch: no layer per row)."""
-    cursor = connection.cursor()
+    cursor = database.connection.cursor()
     cursor.arraysize = FETCH_ARRAYSIZE
     if hasattr(cursor, "prefetchrows"):  # oracledb; sqlite3 has no such thing
         cursor.prefetchrows = FETCH_ARRAYSIZE
     try:
-        cursor.execute(statement.sql)
+        database.call(lambda: cursor.execute(statement.sql), "the export query")
     except Exception as error:
-        cursor.close()
+        with contextlib.suppress(Exception):
+            cursor.close()
+        if isinstance(error, ExportError):
+            raise
         raise DatabaseError(
             f"the export query failed: {database_message(error)}; check students.query "
             "in your profile (or the built-in one) and the account's read access to its tables"
         ) from None
-    return _fetch_batches(cursor)
+    return _fetch_batches(database, cursor)
 
 
-def _fetch_batches(cursor) -> Iterator[list[tuple]]:
+def _fetch_batches(database: Database, cursor) -> Iterator[list[tuple]]:
     try:
         while True:
-            batch = cursor.fetchmany(FETCH_ARRAYSIZE)
+            batch = database.call(lambda: cursor.fetchmany(FETCH_ARRAYSIZE), "reading the query's rows")
             if not batch:
                 return
             yield batch
+    except ExportError:
+        raise
     except Exception as error:
         raise DatabaseError(f"reading the export query's rows failed: {database_message(error)}") from None
     finally:
-        cursor.close()
+        with contextlib.suppress(Exception):  # a cursor a cut call left behind
+            cursor.close()
 
 
-def probe_table(connection, table: str) -> None:
+def probe_table(database: Database, table: str) -> None:
     """Prove a table readable (for --check) without reading a row."""
-    cursor = connection.cursor()
+    cursor = database.connection.cursor()
     try:
-        cursor.execute(f"SELECT * FROM {table} WHERE 1 = 0")
+        database.call(lambda: cursor.execute(f"SELECT * FROM {table} WHERE 1 = 0"), f"reading {table}")
+    except ExportError:
+        raise
     except Exception as error:
         raise DatabaseError(
             f"cannot read {table}: {database_message(error)}; grant SELECT to the read user"
         ) from None
     finally:
-        cursor.close()
+        with contextlib.suppress(Exception):  # a cursor a cut call left behind
+            cursor.close()
 
 
-def probe_query(connection, sql: str, mode: str) -> None:
+def probe_query(database: Database, sql: str, mode: str) -> None:
     """Have the database parse and plan `sql` fully, returning no rows (for --check)."""
-    cursor = connection.cursor()
+    cursor = database.connection.cursor()
     try:
-        cursor.execute(probe_statement(sql))
-        cursor.fetchall()
+        database.call(lambda: (cursor.execute(probe_statement(sql)), cursor.fetchall()), f"the {mode} query")
+    except ExportError:
+        raise
     except Exception as error:
         raise DatabaseError(f"the {mode} query fails: {database_message(error)}") from None
     finally:
-        cursor.close()
+        with contextlib.suppress(Exception):  # a cursor a cut call left behind
+            cursor.close()
 
 
 def database_message(error: BaseException, limit: int = 300) -> str:
@@ -2566,8 +2653,8 @@ class _UnknownHostKey(Exception):
         self.key = key
 
 
-def open_sftp(sftp: SftpSettings, login: SftpLogin):
-    """Log in with the host key checked against known_hosts; return (client, session).
+def open_sftp(sftp: SftpSettings, login: SftpLogin) -> SftpSession:
+    """Log in with the host key checked against known_hosts.
 
     known_hosts may hold two keys of one type for a host (two servers behind a
     name, a key rotation); paramiko compares with one, so a key that matches
@@ -2587,7 +2674,7 @@ def open_sftp(sftp: SftpSettings, login: SftpLogin):
         raise sftp_failure(error, sftp, login.known) from None
 
 
-def _connect(sftp: SftpSettings, login: SftpLogin, expected_key=None):
+def _connect(sftp: SftpSettings, login: SftpLogin, expected_key=None) -> SftpSession:
     import paramiko
 
     known = login.known
@@ -2596,41 +2683,83 @@ def _connect(sftp: SftpSettings, login: SftpLogin, expected_key=None):
     if expected_key is not None:
         client.get_host_keys().add(sftp.known_hosts_name, expected_key.get_name(), expected_key)
     client.set_missing_host_key_policy(_KnownHostsOnly())
+    session = SftpSession(None, sftp, client, None)
     try:
-        # Our own socket, known before the handshake: a stop can cut a server that hangs at any step.
-        sock = socket.create_connection((sftp.host, sftp.port), timeout=sftp.timeout)
-        STOP.sockets.append(sock)
-        client.connect(
-            sftp.host,
-            sock=sock,
-            port=sftp.port,
-            username=sftp.username,
-            password=sftp.password.reveal() if sftp.password else None,
-            pkey=login.client_key,
-            timeout=sftp.timeout,
-            banner_timeout=sftp.timeout,
-            auth_timeout=sftp.timeout,
-            channel_timeout=sftp.timeout,
-            allow_agent=False,
-            look_for_keys=False,
-        )
-        session = client.open_sftp()
-        session.get_channel().settimeout(sftp.timeout)
+        # Our own socket, known before the handshake: a server that hangs at any step is cut.
+        session.sock = open_socket(sftp)
+
+        def log_in():
+            client.connect(
+                sftp.host,
+                sock=session.sock,
+                port=sftp.port,
+                username=sftp.username,
+                password=sftp.password.reveal() if sftp.password else None,
+                pkey=login.client_key,
+                allow_agent=False,
+                look_for_keys=False,
+            )
+            return client.open_sftp()
+
+        session.target = session.run(log_in, "login")
     except paramiko.BadHostKeyException:
-        close_sftp(client)
+        session.disconnect()
         raise
     except BaseException as error:
-        close_sftp(client)
+        session.disconnect()
         raise sftp_failure(error, sftp, known) from None
-    return client, session
+    return session
 
 
-def close_sftp(client) -> None:
-    """Close the connection and its socket (our own, given to connect): one connection at a time."""
-    client.close()
-    for sock in STOP.sockets:
-        sock.close()
-    STOP.sockets.clear()
+SFTP_REACH_FIX = "check the server is up and reachable (D118_SFTP_ADDRESS, D118_SFTP_PORT, firewall)"
+
+
+def open_socket(sftp: SftpSettings) -> socket.socket:
+    return bounded(
+        lambda: socket.create_connection((sftp.host, sftp.port), timeout=sftp.timeout),
+        f"the connection to SFTP server {sftp.host}:{sftp.port}", sftp.timeout, TransientSftpError,
+        fix=SFTP_REACH_FIX,
+    )  # fmt: skip
+
+
+class SftpSession:
+    """An SFTP session, or a file open on it, whose every request ends by
+    --timeout (bounded): a server that stalls or trickles is cut, its socket
+    shut, like one that never answers.  Its methods are paramiko's."""
+
+    def __init__(self, target, sftp: SftpSettings, client, sock: socket.socket | None):
+        self.target, self.sftp, self.client, self.sock = target, sftp, client, sock
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self.target, name)
+        return lambda *args, **kwargs: self.run(lambda: method(*args, **kwargs), name)
+
+    def run(self, action: Callable[[], Any], name: str) -> Any:
+        from paramiko import SFTPFile
+
+        where = f"{self.sftp.host}:{self.sftp.port}"
+        what = f"the SFTP {name} on {where}"
+        result = bounded(action, what, self.sftp.timeout, TransientSftpError, self.cut, SFTP_REACH_FIX)
+        return self.file(result) if isinstance(result, SFTPFile) else result
+
+    def file(self, target) -> SftpSession:
+        return SftpSession(target, self.sftp, self.client, self.sock)
+
+    def cut(self) -> None:
+        if self.sock is not None:
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+    def disconnect(self) -> None:
+        """Close the connection and its socket (our own, given to connect)."""
+        self.client.close()
+        if self.sock is not None:
+            self.sock.close()
+
+    def __enter__(self) -> SftpSession:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()  # a file's: a request too
 
 
 class RemoteWriteRefused(Exception):
@@ -2708,8 +2837,7 @@ def sftp_failure(
     if isinstance(error, (OSError, EOFError, paramiko.SSHException)):
         cause = (error.strerror or "").lower() if isinstance(error, OSError) else ""
         return TransientSftpError(
-            f"SFTP connection to {where} failed{in_dir}: {cause or foreign_text(error)}; check the server is up "
-            "and reachable (D118_SFTP_ADDRESS, D118_SFTP_PORT, firewall)"
+            f"SFTP connection to {where} failed{in_dir}: {cause or foreign_text(error)}; {SFTP_REACH_FIX}"
         )
     return error
 
@@ -2921,8 +3049,9 @@ def remove_partial(session, partial_path: str) -> str | None:
     """A failed or stopped upload leaves no copy of student data behind, if the
     connection allows; what is left, if its removal was refused."""
     try:
-        if remote_exists(session, partial_path) is not None:
-            session.remove(partial_path)
+        with STOP.deferred_section():  # after a stop too: a copy of student data left is worse
+            if remote_exists(session, partial_path) is not None:
+                session.remove(partial_path)
     except OSError as error:
         reason = refusal(error)
         if reason is not None:
@@ -2990,12 +3119,13 @@ def open_exclusive(session, path: str, mode: int | None):
     attributes = SFTPAttributes()
     if mode is not None:
         attributes.st_mode = mode
+    client = session.target
     kind, message = session._request(
-        CMD_OPEN, session._adjust_cwd(path), SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_EXCL, attributes
+        CMD_OPEN, client._adjust_cwd(path), SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_EXCL, attributes
     )
     if kind != CMD_HANDLE:
         raise OSError(f"unexpected answer to open {path}")
-    return SFTPFile(session, message.get_binary(), "wb", -1)
+    return session.file(SFTPFile(client, message.get_binary(), "wb", -1))
 
 
 def upload(
@@ -3005,7 +3135,7 @@ def upload(
     for attempt in range(1, retry.attempts + 1):
         STOP.check()
         try:
-            client, session = open_sftp(sftp, login)
+            session = open_sftp(sftp, login)
             try:
                 return put_atomically(
                     session, local_path, profile.remote_dir, profile.file_name, profile.remote_mode
@@ -3013,7 +3143,7 @@ def upload(
             except BaseException as error:
                 raise sftp_failure(error, sftp, login.known, remote_dir=profile.remote_dir) from None
             finally:
-                close_sftp(client)
+                session.disconnect()
         except TransientSftpError as error:
             STOP.check()
             if attempt == retry.attempts:
@@ -3080,11 +3210,10 @@ def fetch_host_key(sftp: SftpSettings):
     import paramiko
 
     try:
-        sock = socket.create_connection((sftp.host, sftp.port), timeout=sftp.timeout)
-        transport = paramiko.Transport(sock)
-        transport.banner_timeout = sftp.timeout
+        session = SftpSession(None, sftp, None, open_socket(sftp))
+        transport = paramiko.Transport(session.sock)
         try:
-            transport.start_client(timeout=sftp.timeout)
+            session.run(transport.start_client, "key exchange")
             return transport.get_remote_server_key()
         finally:
             transport.close()
@@ -3247,11 +3376,13 @@ def setup_logging(log_path: Path, verbose: bool, quiet: bool) -> RecentLines:
         handler.addFilter(redact_tracebacks)
         LOG.addHandler(handler)
     FILE_LOG.addHandler(log_file)
-    # paramiko logs its own tracebacks; keep them out of stderr (cron mail).
-    paramiko_log = logging.getLogger("paramiko")
-    if not any(isinstance(handler, logging.NullHandler) for handler in paramiko_log.handlers):
-        paramiko_log.addHandler(logging.NullHandler())
-    paramiko_log.propagate = False
+    # paramiko logs its own tracebacks, and Apprise a target's URL (even from a thread
+    # left behind by a deadline): keep both out of stderr (cron mail) and our log.
+    for name in ("paramiko", "apprise"):
+        library_log = logging.getLogger(name)
+        if not any(isinstance(handler, logging.NullHandler) for handler in library_log.handlers):
+            library_log.addHandler(logging.NullHandler())
+        library_log.propagate = False
     return recent
 
 
@@ -3276,18 +3407,23 @@ def ping_host(url: str) -> str:
         return "the ping URL"
 
 
-def ping(url: str | None, suffix: str = "", body: str = "", timeout: float = 10.0) -> None:
-    """Healthchecks-style ping; a monitoring outage must not fail the export."""
+def ping(
+    url: str | None, suffix: str, body: str, timeout: float, stoppable: bool = True, warn=LOG.warning
+) -> None:
+    """Healthchecks-style ping, bounded; a monitoring outage must not fail the export."""
     if not url:
         return
-    target = url.rstrip("/") + suffix
+    request = urllib.request.Request(url.rstrip("/") + suffix, data=body.encode("utf-8"), method="POST")
     try:
-        request = urllib.request.Request(target, data=body.encode("utf-8"), method="POST")
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            response.read(1024)
+        bounded(
+            lambda: urllib.request.urlopen(request, timeout=timeout).close(),
+            f"the monitoring ping to {ping_host(url)}", timeout, stoppable=stoppable,
+        )  # fmt: skip
+    except TimeoutError as error:
+        (FILE_LOG.warning if STOP.signum is not None else warn)("%s", error)
     except Exception as error:
         reason = getattr(error, "reason", None) or getattr(error, "code", None) or type(error).__name__
-        LOG.warning("monitoring ping to %s failed (%s)", ping_host(url), escape_text(reason))
+        warn("monitoring ping to %s failed (%s)", ping_host(url), escape_text(reason))
 
 
 def notify_targets(settings: Settings) -> list[str]:
@@ -3324,13 +3460,14 @@ def notify(options: RunOptions, code: int, message: str, test: bool = False) -> 
     """Send a run-level notification through Apprise to every CLEVER_NOTIFY target.
 
     It carries the exit code and its meaning, the one-line message and the
-    host; never a student's data, a secret or a URL.  A failed notification
-    is a WARNING and never changes the run's exit code.
+    host; never a student's data, a secret or a URL.  The targets are sent to
+    at once, each bounded by --timeout.  A failed notification is a WARNING
+    (after a failure: in the log only) and never changes the run's exit code.
     """
     targets = notify_targets(options.settings)
     if not targets:
         return False
-    # After a failure its one line stays the only one on stderr: a failed alert goes to the log.
+    # After a failure or a stop, its one line stays the only one on stderr: a failed alert goes to the log.
     warn = FILE_LOG.warning if code != EXIT_OK and not test else LOG.warning
     try:
         import apprise
@@ -3343,34 +3480,40 @@ def notify(options: RunOptions, code: int, message: str, test: bool = False) -> 
     verdict = "test" if test else "succeeded" if code == EXIT_OK else "FAILED"
     title = f"clever_export {verdict} on {host}"
     body = f"{title}: exit {code} ({EXIT_CODES.get(code, 'unknown')})\n{message}"
-    apprise_log = logging.getLogger("apprise")
-    level, propagate = apprise_log.level, apprise_log.propagate
-    apprise_log.setLevel(logging.CRITICAL + 1)  # its lines may hold a target's URL: never in our log
-    apprise_log.propagate = False
-    try:
-        sender = apprise.Apprise()
-        added = [url for url in targets if sender.add(url)]
-        sent = bool(added) and bool(sender.notify(title=title, body=body))
-    except Exception as error:
-        warn("notification failed (%s)", type(error).__name__)
-        return False
-    finally:
-        apprise_log.setLevel(level)
-        apprise_log.propagate = propagate
-    if len(added) < len(targets):
-        shown = ", ".join(target_shown(url) for url in targets if url not in added)
-        warn("CLEVER_NOTIFY: Apprise does not understand %s; fix the URL", shown)
-    if not sent:
-        warn("notification to %s failed", ", ".join(target_shown(url) for url in targets))
-    return sent
+    sent: dict[str, Any] = {}  # each target -> True, False, or what went wrong
+
+    def send(url: str) -> None:
+        # No thread pool of Apprise's own: its threads would hold the process open at exit.
+        sender = apprise.Apprise(asset=apprise.AppriseAsset(async_mode=False, service_timeout=0))
+        if not sender.add(url):
+            sent[url] = "Apprise does not understand it; fix the URL"
+            return
+        try:
+            sent[url] = bounded(
+                lambda: bool(sender.notify(title=title, body=body)),
+                f"the alert to {target_shown(url)}", options.timeout, stoppable=False,
+            )  # fmt: skip
+        except TimeoutError as error:
+            sent[url] = str(error)
+        except Exception as error:
+            sent[url] = type(error).__name__
+
+    together(*(functools.partial(send, url) for url in targets))
+    warn = FILE_LOG.warning if STOP.signum is not None else warn
+    for url, outcome in sent.items():
+        if outcome is False:
+            warn("notification to %s failed", target_shown(url))
+        elif outcome is not True:
+            warn("notification to %s failed (%s)", target_shown(url), outcome)
+    return all(outcome is True for outcome in sent.values())
 
 
-def open_source(options: RunOptions, database: DatabaseSettings | None):
+def open_source(options: RunOptions, database: DatabaseSettings | None) -> Database:
     if options.source == "demo":
-        return connect_demo()
+        return Database(connect_demo(), options.timeout)
     if options.source == "sqlite":
-        return connect_sqlite(options.sqlite_path)
-    return connect_oracle(database, options.timeout)
+        return Database(connect_sqlite(options.sqlite_path), options.timeout)
+    return Database(connect_oracle(database, options.timeout), options.timeout)
 
 
 def describe_source(options: RunOptions, database: DatabaseSettings | None) -> str:
@@ -3379,9 +3522,9 @@ def describe_source(options: RunOptions, database: DatabaseSettings | None) -> s
     return "demo data" if options.source == "demo" else f"SQLite {options.sqlite_path}"
 
 
-def table_exists(connection, table: str) -> bool:
+def table_exists(database: Database, table: str) -> bool:
     try:
-        probe_table(connection, table)
+        probe_table(database, table)
     except DatabaseError:
         return False
     return True
@@ -3441,10 +3584,10 @@ def prepare(options: RunOptions, state: State) -> Prepared:
 def export(options: RunOptions, prepared: Prepared) -> StudentMapper:
     """The one query, mapped and written to the local file."""
     profile, sent = options.profile, prepared.sent
-    connection = open_source(options, prepared.database)
+    source = open_source(options, prepared.database)
     try:
         compare = options.changed_only or (options.dry_run and profile.can_compare()) or sent is not None
-        if compare and not table_exists(connection, profile.current_table):
+        if compare and not table_exists(source, profile.current_table):
             if options.changed_only:
                 raise DatabaseError(
                     f"--changed-only compares with current_values.table {profile.current_table}, "
@@ -3461,9 +3604,9 @@ def export(options: RunOptions, prepared: Prepared) -> StudentMapper:
                     profile.current_table,
                 )
             compare = False
-        mapper = export_pass(connection, export_statement(profile, compare), options, sent)
+        mapper = export_pass(source, export_statement(profile, compare), options, sent)
     finally:
-        connection.close()
+        source.close()
     summary = mapper.summary
     LOG.info(
         "wrote %s (%d students, %d bytes)",
@@ -3484,14 +3627,14 @@ def export(options: RunOptions, prepared: Prepared) -> StudentMapper:
 
 
 def export_pass(
-    connection, statement: ExportStatement, options: RunOptions, sent: SentCopy | None
+    source: Database, statement: ExportStatement, options: RunOptions, sent: SentCopy | None
 ) -> StudentMapper:
     """Run the statement once and write the file; return the mapper with its counts."""
     profile = options.profile
     mapper = StudentMapper(
         profile, statement, Summary(fields=profile.value_fields(), compared=statement.compares)
     )
-    batches = stream_batches(connection, statement)
+    batches = stream_batches(source, statement)
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(batches.close)
         if sent is not None:
@@ -3750,6 +3893,7 @@ class Checklist:
         self.first_failure = EXIT_OK
 
     def __call__(self, label: str, action: Callable[[], Any], warn_only: bool = False) -> Any:
+        STOP.check()  # after a stop, no further check starts
         try:
             result = action()
         except ExportError as error:
@@ -3804,12 +3948,7 @@ def check_targets(targets: list[str]) -> None:
         raise ConfigError(
             "CLEVER_NOTIFY is set but Apprise is not installed; run: python -m pip install -r requirements.txt"
         ) from None
-    apprise_log = logging.getLogger("apprise")
-    level, apprise_log.level = apprise_log.level, logging.CRITICAL + 1
-    try:
-        bad = [target_shown(url) for url in targets if not apprise.Apprise().add(url)]
-    finally:
-        apprise_log.setLevel(level)
+    bad = [target_shown(url) for url in targets if not apprise.Apprise().add(url)]
     if bad:
         raise ConfigError(
             f"CLEVER_NOTIFY: Apprise does not understand {', '.join(bad)}; fix the URL (see docs/alerts.md)"
@@ -3825,32 +3964,32 @@ def probe_lock(lock_path: Path) -> None:
 
 def check_database(check: Checklist, options: RunOptions, database: DatabaseSettings | None) -> None:
     profile = options.profile
-    connection = check(
+    source = check(
         f"database login ({describe_source(options, database)})", lambda: open_source(options, database)
     )
-    if not connection:
+    if not source:
         return
     try:
         for table in profile.tables_read():
-            check(f"table {table} readable", lambda table=table: probe_table(connection, table))
+            check(f"table {table} readable", lambda table=table: probe_table(source, table))
         check(
             "nightly query runs",
-            lambda: probe_query(connection, export_statement(profile, False).sql, "nightly"),
+            lambda: probe_query(source, export_statement(profile, False).sql, "nightly"),
         )
         if profile.can_compare():
             optional = not options.changed_only
             readable = check(
                 f"current_values table {profile.current_table} readable",
-                lambda: probe_table(connection, profile.current_table), warn_only=optional,
+                lambda: probe_table(source, profile.current_table), warn_only=optional,
             )  # fmt: skip
             if readable:
                 check(
                     "comparison query runs (--changed-only, --dry-run)",
-                    lambda: probe_query(connection, export_statement(profile, True).sql, "comparison"),
+                    lambda: probe_query(source, export_statement(profile, True).sql, "comparison"),
                     warn_only=optional,
                 )
     finally:
-        connection.close()
+        source.close()
 
 
 def check_sftp(check: Checklist, options: RunOptions, sftp: SftpSettings) -> None:
@@ -3869,7 +4008,7 @@ def check_sftp(check: Checklist, options: RunOptions, sftp: SftpSettings) -> Non
     if not opened:
         check.skip(f"remote directory {remote_dir}", "not checked: login failed")
         return
-    client, session = opened
+    session = opened
     try:
         notes = check(
             f"remote directory {remote_dir} writable",
@@ -3878,7 +4017,7 @@ def check_sftp(check: Checklist, options: RunOptions, sftp: SftpSettings) -> Non
         for note in notes if isinstance(notes, list) else []:
             print(f"[WARN] {note}")
     finally:
-        close_sftp(client)
+        session.disconnect()
 
 
 def describe_settings(settings: Settings) -> None:
@@ -3904,7 +4043,9 @@ def send_test_notification(options: RunOptions) -> int:
         raise ConfigError(
             "CLEVER_NOTIFY is not set; add an Apprise URL to the env file (see README, Monitoring)"
         )
-    if not notify(options, EXIT_OK, "a test notification from clever_export --notify-test", test=True):
+    sent = notify(options, EXIT_OK, "a test notification from clever_export --notify-test", test=True)
+    STOP.check()  # a test cut short by a stop blames no URL
+    if not sent:
         raise ConfigError(
             f"the test notification to {', '.join(target_shown(url) for url in targets)} failed; "
             "check the URL, and that this server can reach it"
@@ -4467,6 +4608,8 @@ class Invocation:
         self.lock: RunLock | None = None
         self.state: State | None = None
         self.record: RunRecord | None = None  # a nightly run's, for --status
+        self.summary: Summary | None = None  # an export's, once it is written
+        self.outcome: Outcome | None = None  # a failure's
 
     def run(self, argv: list[str] | None) -> int:
         self.args = args = build_parser().parse_args(argv)
@@ -4494,33 +4637,41 @@ class Invocation:
         if self.record is not None:
             self.state.running = self.record.started
             self.state.save_or_warn(True, "could not record this run for --status")
-        ping(options.ping_url, "/start")
-        summary = run_export(options, self.state, self.record or RunRecord(started=now_text()))
-        ping(options.ping_url, "", "\n".join(self.recent.lines))
-        if options.notify_success:
-            notify(options, EXIT_OK, summary.line(0).rpartition(",")[0])
+        ping(options.ping_url, "/start", "", options.timeout)
+        self.summary = run_export(options, self.state, self.record or RunRecord(started=now_text()))
         return EXIT_OK
 
     def fail(self, error: BaseException) -> int:
-        outcome = failure_outcome(error)
+        self.outcome = outcome = failure_outcome(error)
         if log_is_open():
             LOG.error("%s", outcome.message, exc_info=outcome.traceback)
         else:  # logging not set up yet (a bad flag, an unwritable log)
             print(f"ERROR: {escape_text(outcome.message)}", file=sys.stderr)
         if self.record is not None:
             self.record.message = escape_text(outcome.message)[:500]
-        if outcome.alert and self.mode not in (
-            Mode.CHECK,
-            Mode.SHOW_HOST_KEY,
-            Mode.STATUS,
-            Mode.NOTIFY_TEST,
-            None,
-        ):
-            ping_url = self.options.ping_url if self.options else self.args.ping_url
-            ping(ping_url, "/fail", "\n".join(self.recent.lines) if self.recent else outcome.message)
-            if self.options is not None:
-                notify(self.options, outcome.code, outcome.message)
         return outcome.code
+
+    def report(self, code: int) -> None:
+        """The ping and the alerts, after the outcome is recorded (so --status tells
+        the truth whatever they do): sent together, each bounded by --timeout, and
+        after a stop within what is left of STOP_SECONDS."""
+        if self.mode in (Mode.CHECK, Mode.SHOW_HOST_KEY, Mode.STATUS, Mode.NOTIFY_TEST, None):
+            return
+        options, args = self.options, self.args
+        lines = "\n".join(self.recent.lines) if self.recent else ""
+        if code == EXIT_OK and self.summary is not None:
+            calls = [lambda: ping(options.ping_url, "", lines, options.timeout, stoppable=False)]
+            if options.notify_success:
+                calls.append(lambda: notify(options, EXIT_OK, self.summary.line(0).rpartition(",")[0]))
+        elif self.outcome is not None and self.outcome.alert:
+            message = self.outcome.message
+            ping_url = options.ping_url if options else args.ping_url
+            calls = [lambda: ping(ping_url, "/fail", lines or message, args.timeout, False, FILE_LOG.warning)]
+            if options is not None:
+                calls.append(lambda: notify(options, code, message))
+        else:
+            return
+        together(*calls)
 
     def finish(self, code: int) -> None:
         """Record a nightly run's outcome for --status: never a locked-out run's, and a
@@ -4581,6 +4732,7 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
         invocation = Invocation(dict(os.environ if environ is None else environ), stack)
         try:
             code = invocation.run(argv)
+            STOP.check(uploaded=bool(invocation.record and invocation.record.remote_path))
         except SystemExit as exit_request:  # --help and --version
             return int(exit_request.code or 0)
         except BrokenPipeError:  # --status | head: the reader left; nothing to report
@@ -4590,6 +4742,7 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
         except BaseException as error:
             code = invocation.fail(error)
         invocation.finish(code)
+        invocation.report(code)
         return code
 
 

@@ -252,7 +252,9 @@ CONTENDERS = {
 
 def child(contender: str, database: Path, latency: float, output: Path) -> None:
     """Runs one contender in this (fresh) process; prints seconds and queries."""
-    connection = SlowConnection(sqlite3.connect(database), latency)
+    connection = SlowConnection(
+        sqlite3.connect(database, check_same_thread=False), latency
+    )  # bounded() reads on a worker
     with tempfile.TemporaryDirectory() as workdir:
         started = time.perf_counter()
         CONTENDERS[contender](connection, output, Path(workdir))

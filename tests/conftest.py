@@ -519,29 +519,71 @@ def uploading_app(app, sftp_server, db):
 # --- Other loopback peers ------------------------------------------------------
 
 
-@pytest.fixture
-def silent_listener():
-    """A TCP port that accepts connections and never says a word."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    held: list[socket.socket] = []
-    stop = threading.Event()
+class SlowPeer:
+    """A TCP server on loopback that accepts, sends `opening`, then `line` every
+    TRICKLE_SECONDS for as long as the client stays (a tarpit, an overloaded relay):
+    each read of the client's gets an answer, so only a wall-clock deadline ends
+    the wait.  With no line it never says a word after the opening."""
 
-    def accept() -> None:
-        listener.settimeout(0.2)
-        while not stop.is_set():
+    TRICKLE_SECONDS = 2.0
+
+    def __init__(self, opening: bytes = b"", line: bytes | None = None):
+        self.opening, self.line = opening, line
+        self.accepted = threading.Event()  # a client is waiting on this peer now
+        self._stop = threading.Event()
+        self._held: list[socket.socket] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
             try:
-                held.append(listener.accept()[0])
+                connection = self._listener.accept()[0]
             except OSError:
                 continue
+            self._held.append(connection)
+            threading.Thread(target=self._answer, args=(connection,), daemon=True).start()
+            self.accepted.set()
 
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield listener.getsockname()[1]
-    stop.set()
-    thread.join(5)
-    for connection in held:
-        connection.close()
-    listener.close()
+    def _answer(self, connection: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            connection.sendall(self.opening)
+            while self.line is not None and not self._stop.wait(self.TRICKLE_SECONDS):
+                connection.sendall(self.line)
+
+    def close(self) -> None:
+        self._stop.set()
+        for connection in self._held:
+            connection.close()
+        self._listener.close()
+
+
+@pytest.fixture
+def slow_peer():
+    """slow_peer(opening, line) -> a SlowPeer, closed after the test."""
+    peers: list[SlowPeer] = []
+
+    def start(opening: bytes = b"", line: bytes | None = None) -> SlowPeer:
+        peers.append(SlowPeer(opening, line))
+        return peers[-1]
+
+    yield start
+    for peer in peers:
+        peer.close()
+
+
+# What each kind of service sends when it trickles: a line at a time, never done.
+TRICKLE_SMTP = (b"", b"220-slow relay\r\n")  # an SMTP greeting that never ends
+TRICKLE_HTTP = (b"HTTP/1.1 200 OK\r\n", b"X-Slow: 1\r\n")  # headers that never end
+TRICKLE_SSH = (b"", b"not yet\r\n")  # lines before the SSH banner, which never comes
+
+
+@pytest.fixture
+def silent_listener(slow_peer):
+    """A TCP port that accepts connections and never says a word."""
+    return slow_peer().port
 
 
 @pytest.fixture

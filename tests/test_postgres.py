@@ -39,7 +39,7 @@ def export_bytes(connection, profile: ce.Profile, compare: bool, changed_only: b
     statement = ce.export_statement(profile, compare)
     summary = ce.Summary(fields=profile.value_fields(), compared=compare)
     mapper = ce.StudentMapper(profile, statement, summary)
-    lines = ce.export_lines(ce.stream_batches(connection, statement), mapper, changed_only)
+    lines = ce.export_lines(ce.stream_batches(ce.Database(connection, 60), statement), mapper, changed_only)
     return "".join(lines).encode("utf-8")
 
 
@@ -64,7 +64,7 @@ def profiles():
 @pytest.mark.parametrize("mode", ["nightly", "dry-run", "changed-only"])
 def test_every_statement_gives_the_same_bytes_on_postgresql_and_sqlite(pg_db, tmp_path, name, profile, mode):
     compare = mode != "nightly"
-    sqlite = sqlite3.connect(make_db(tmp_path / "ps.sqlite", STUDENTS))
+    sqlite = sqlite3.connect(make_db(tmp_path / "ps.sqlite", STUDENTS), check_same_thread=False)
     postgres = pg_db(STUDENTS)
     on_sqlite = export_bytes(sqlite, profile, compare, mode == "changed-only")
     on_postgres = export_bytes(postgres, profile, compare, mode == "changed-only")
@@ -79,8 +79,8 @@ def test_every_statement_gives_the_same_bytes_on_postgresql_and_sqlite(pg_db, tm
 def test_check_probes_run_on_postgresql(pg_db):
     postgres = pg_db(STUDENTS)
     for _, profile in profiles():
-        ce.probe_query(postgres, ce.export_statement(profile, False).sql, "nightly")
-        ce.probe_query(postgres, ce.export_statement(profile, True).sql, "comparison")
+        ce.probe_query(ce.Database(postgres, 60), ce.export_statement(profile, False).sql, "nightly")
+        ce.probe_query(ce.Database(postgres, 60), ce.export_statement(profile, True).sql, "comparison")
 
 
 def test_oracle_number_shapes_read_the_same(pg_db):
@@ -108,6 +108,6 @@ ENROLLED = [
 )
 def test_enrollment_statuses_on_postgresql_and_sqlite(pg_db, tmp_path, statuses, expected):
     profile = ce.dataclasses.replace(ce.Profile(), enroll_statuses=statuses)
-    sqlite = sqlite3.connect(make_db(tmp_path / "ps.sqlite", ENROLLED))
+    sqlite = sqlite3.connect(make_db(tmp_path / "ps.sqlite", ENROLLED), check_same_thread=False)
     assert export_bytes(sqlite, profile, False) == expected
     assert export_bytes(pg_db(ENROLLED), profile, False) == expected

@@ -227,7 +227,8 @@ def test_unreadable_key_file_is_a_configuration_error(uploading_app, sftp_server
 def test_show_host_key_of_an_unreachable_server_exits_4(app, silent_listener):
     env = {"D118_SFTP_ADDRESS": "127.0.0.1", "D118_SFTP_PORT": str(silent_listener)}
     result = app.run("--show-host-key", "--timeout", "1", env=env, timeout=30)
-    assert result.returncode == 4 and "SFTP connection to 127.0.0.1" in result.stderr
+    assert result.returncode == 4 and "the SFTP key exchange on 127.0.0.1" in result.stderr
+    assert "did not finish within 1 seconds" in result.stderr
     assert result.stdout == "" and result.seconds < 10
 
 
