@@ -3847,7 +3847,7 @@ def show_status(state_path: Path, lock_path: Path, max_age_hours: float | None) 
     elif state.running:
         print(
             f"last run: started {escape_text(state.running)} and recorded no outcome: it was killed "
-            "(SIGKILL, a reboot, a power cut)"
+            "(SIGKILL, Task Scheduler's time limit, a reboot, a power cut)"
         )
         last_run, code = None, EXIT_TERMINATED
     if last_run is not None:
@@ -4271,7 +4271,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         type=float,
         default=DEFAULT_TIMEOUT_SECONDS,
-        help="connect, login and per-operation timeout for the database and SFTP (default: %(default)g)",
+        help="wall-clock limit of each call to the database, the SFTP server, an alert target or the ping "
+        "(default: %(default)g)",
     )
     safety.add_argument(
         "--import-deadline",

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import clever_export as ce
 
 REPO = Path(__file__).resolve().parents[1]
 SYSTEMD = REPO / "examples" / "systemd"
@@ -123,6 +124,9 @@ def test_cron_line_runs_quietly_as_the_service_user_with_mail():
     assert (minute, hour, day, month, weekday) == ("30", "1", "*", "*", "*")
     assert user == "clever-export"
     assert command == [
+        "timeout",
+        "--kill-after=30s",
+        "2h",
         "/opt/clever-export/.venv/bin/python",
         "/opt/clever-export/clever_export.py",
         "--quiet",
@@ -147,6 +151,34 @@ def test_powershell_registers_a_time_limited_task_that_runs_logged_off():
     assert text.count("<#") == text.count("#>") == 1
     assert text.count("{") == text.count("}")
     assert not [line for line in text.splitlines() if line.rstrip().endswith("^")]
+
+
+def longest_night(timeout: float, retries: int, wait: float) -> float:
+    """docs/running.md's arithmetic: the start ping, every upload attempt and the waits
+    between them, then the alerts and the fail ping (together)."""
+    return timeout + retries * timeout + sum(wait * 2**n for n in range(retries - 1)) + timeout
+
+
+def seconds_of(text: str) -> float:
+    """A systemd or coreutils time span: 30s, 2h, 5min."""
+    number, unit = re.fullmatch(r"([0-9.]+)(s|min|m|h)?", text).groups()
+    return float(number) * {"s": 1, None: 1, "min": 60, "m": 60, "h": 3600}[unit]
+
+
+def test_every_schedulers_limit_leaves_room_for_the_longest_night_and_the_stop():
+    night = longest_night(ce.DEFAULT_TIMEOUT_SECONDS, ce.DEFAULT_RETRIES, ce.DEFAULT_RETRY_WAIT_SECONDS)
+    running = (REPO / "docs" / "running.md").read_text(encoding="utf-8")
+    assert night == 330 and "= 60 + 3 × 60 + (10 + 20) + 60 = 330 s with the defaults" in running
+    assert f"stop          = {ce.STOP_SECONDS:g} s after the signal" in running
+    service = unit(SERVICE)["Service"]
+    assert seconds_of(service["TimeoutStartSec"]) >= 10 * night
+    assert seconds_of(service["TimeoutStopSec"]) >= ce.STOP_SECONDS + 10  # SIGKILL never beats the record
+    cron = re.search(r"timeout --kill-after=(\S+) (\S+) ", CRON.read_text(encoding="utf-8"))
+    assert seconds_of(cron[2]) >= 10 * night and seconds_of(cron[1]) >= ce.STOP_SECONDS + 10
+    task = re.search(
+        r"-ExecutionTimeLimit \(New-TimeSpan -Hours ([0-9]+)\)", POWERSHELL.read_text(encoding="utf-8")
+    )
+    assert int(task[1]) * 3600 >= 10 * night  # Task Scheduler terminates: no stop to wait for
 
 
 @pytest.mark.skipif(shutil.which("pwsh") is None, reason="PowerShell (pwsh) is not installed")

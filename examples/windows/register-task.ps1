@@ -26,7 +26,8 @@ foreach ($path in $Python, $Script) {
 # --quiet: a good run prints nothing; the log beside the script has every run.
 $action = New-ScheduledTaskAction -Execute $Python -Argument "`"$Script`" --quiet" -WorkingDirectory $Folder
 $trigger = New-ScheduledTaskTrigger -Daily -At 1:30am
-# Stop a run that hangs after 2 hours; run a missed start (server was off at
+# Stop a run that hangs after 2 hours (the longest bounded night with the default
+# flags is about 6 minutes: docs/running.md, Timeouts); run a missed start (server was off at
 # 01:30) as soon as possible; never start a second copy while one runs.
 $settings = New-ScheduledTaskSettingsSet `
     -ExecutionTimeLimit (New-TimeSpan -Hours 2) `
