@@ -4108,6 +4108,91 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"{message} (see --help)")
 
 
+class Flag(NamedTuple):
+    """One flag of the command line: a row of FLAGS."""
+
+    group: str
+    names: str  # "--quiet", or "-q --quiet"
+    metavar: str | None = None  # None: an on/off switch
+    type: Callable[[str], Any] = str
+    default: Any = None
+    range: tuple[float, float] | None = None  # a number's limits, checked before anything runs
+    help: str = ""
+    action: str | None = None
+
+
+MODE = "what to do (default: export and upload)"
+SOURCE = "source and profile"
+FILES = "files (relative paths resolve beside the script)"
+SAFETY = "safety and reliability"
+OUTPUT = "output"
+# The command line, one row a flag: build_parser() makes the parser and --help from it,
+# and a test keeps docs/configuration.md's table of flags equal to it.
+# fmt: off
+FLAGS = (
+    Flag(MODE, "--demo", help=f"run on bundled sample data (demo/), write {DEMO_OUTPUT_NAME} beside the script, "
+         "upload nothing"),
+    Flag(MODE, "--check", help="verify variables, known_hosts, database tables, SFTP login and remote write "
+         "access; export nothing"),
+    Flag(MODE, "--show-host-key", help="print the SFTP server's key as a known_hosts line with its fingerprint; "
+         "trusts nothing"),
+    Flag(MODE, "--dry-run", help="everything except the upload, then a report of values, blanks and changes"),
+    Flag(MODE, "--no-upload", help="write the file only; needs no SFTP settings"),
+    Flag(MODE, "--status", help="print the last run, the last successful upload and the last import check; "
+         "exit with the last run's code"),
+    Flag(MODE, "--max-age", "HOURS", float, None, (0, 24 * 366), "with --status: exit 7 if the last successful "
+         "upload is older than HOURS"),
+    Flag(MODE, "--demo-db", "PATH", Path, help="write the bundled sample data as a SQLite file for --sqlite "
+         "trials, then stop"),
+    Flag(MODE, "--notify-test", help="send a test notification to every CLEVER_NOTIFY target, then stop"),
+    Flag(SOURCE, "--sqlite", "PATH", Path, help="read the PowerSchool tables from a SQLite file instead of Oracle"),
+    Flag(SOURCE, "--oracle-client", "DIR", help="Oracle Instant Client folder: thick mode, for databases thin "
+         "mode cannot reach (same as ORACLE_CLIENT_LIB_DIR)"),
+    Flag(SOURCE, "--config", "FILE", Path, help="TOML profile overriding the built-in Illinois one (see examples/)"),
+    Flag(SOURCE, "--exclude-name", "NAME", action="append", help="skip students whose first or last name is NAME "
+         "(any case, exact); repeatable; replaces the default list, which is TEST"),
+    Flag(SOURCE, "--changed-only", help="write only students whose values differ from PowerSchool's current "
+         "custom fields"),
+    Flag(FILES, "--output", "PATH", Path, help="the local export file (default: raceethnicity.txt beside the "
+         "script)"),
+    Flag(FILES, "--remote-dir", "DIR", help="remote directory (default: /sftp/clever/)"),
+    Flag(FILES, "--remote-mode", "OCTAL", help="mode of the uploaded file (default 600; 640 lets the owner's "
+         "group read it)"),
+    Flag(FILES, "--env-file", "PATH", Path, help="KEY=value settings file, mode 600 (default: clever_export.env "
+         "beside the script, if present)"),
+    Flag(FILES, "--lock-file", "PATH", Path, help="the one-run-at-a-time lock (default: clever_export.lock beside "
+         "the state file)"),
+    Flag(FILES, "--known-hosts", "PATH", Path, DEFAULT_KNOWN_HOSTS, help="OpenSSH known_hosts file holding the "
+         "server's key (default: known_hosts beside the script)"),
+    Flag(FILES, "--log-file", "PATH", Path, DEFAULT_LOG_FILE, help="appended, rotated log (default: "
+         "clever_export.log beside the script)"),
+    Flag(FILES, "--state-file", "PATH", Path, DEFAULT_STATE_FILE, help="the last run and the last upload, for the "
+         "safety guard, --status and the import check (default: clever_export.state.json beside the script)"),
+    Flag(SAFETY, "--max-drop", "PERCENT", float, DEFAULT_MAX_DROP_PERCENT, (0, 100), "refuse to upload if there "
+         "are more than PERCENT fewer students than at the last upload (default: %(default)g)"),
+    Flag(SAFETY, "--force", help="upload even if the safety guard objects (this run only)"),
+    Flag(SAFETY, "--retries", "N", int, DEFAULT_RETRIES, (1, 20), "upload attempts for network failures "
+         "(default: %(default)s)"),
+    Flag(SAFETY, "--retry-wait", "SECONDS", float, DEFAULT_RETRY_WAIT_SECONDS, (0, 3600), "wait before the 2nd "
+         "attempt, doubling after (default: %(default)g)"),
+    Flag(SAFETY, "--timeout", "SECONDS", float, DEFAULT_TIMEOUT_SECONDS, (0.1, 3600), "wall-clock limit of each "
+         "call to the database, the SFTP server, an alert target or the ping (default: %(default)g)"),
+    Flag(SAFETY, "--import-deadline", "HOURS", float, DEFAULT_IMPORT_DEADLINE_HOURS, (0, 24 * 366), "check that "
+         "PowerSchool imported the previous upload once it is older than HOURS, fractions allowed such as 0.5 "
+         "(default: %(default)g; 0 turns the check off)"),
+    Flag(SAFETY, "--import-tolerance", "PERCENT", float, DEFAULT_IMPORT_TOLERANCE_PERCENT, (0, 100), "exit 6 when "
+         "more than PERCENT of the previous upload's students still differ (default: %(default)g)"),
+    Flag(SAFETY, "--ping-url", "URL", help="Healthchecks-style monitoring: URL/start, URL on success, URL/fail, "
+         "with the run-level log lines (never a student's)"),
+    Flag(SAFETY, "--notify-success", help="also notify the CLEVER_NOTIFY targets when the run succeeds (failures "
+         "always notify)"),
+    Flag(OUTPUT, "-v --verbose", help="log how each student's values were mapped (log file only)"),
+    Flag(OUTPUT, "-q --quiet", help="print nothing on success, even after a retried upload (errors still go to "
+         "stderr)"),
+)
+# fmt: on
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="clever_export.py",
@@ -4120,226 +4205,32 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,  # --dry is not --dry-run: a scheduled task's typo must fail, not guess
     )
-    mode = parser.add_argument_group("what to do (default: export and upload)")
-    mode.add_argument(
-        "--demo",
-        action="store_true",
-        help=f"run on bundled sample data (demo/), write {DEMO_OUTPUT_NAME} beside the "
-        "script, upload nothing",
-    )
-    mode.add_argument(
-        "--check",
-        action="store_true",
-        help="verify variables, known_hosts, database tables, SFTP login and "
-        "remote write access; export nothing",
-    )
-    mode.add_argument(
-        "--show-host-key",
-        action="store_true",
-        help="print the SFTP server's key as a known_hosts line with its fingerprint; trusts nothing",
-    )
-    mode.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="everything except the upload, then a report of values, blanks and changes",
-    )
-    mode.add_argument("--no-upload", action="store_true", help="write the file only; needs no SFTP settings")
-    mode.add_argument(
-        "--status",
-        action="store_true",
-        help="print the last run, the last successful upload and the last import check; exit with "
-        "the last run's code",
-    )
-    mode.add_argument(
-        "--max-age",
-        metavar="HOURS",
-        type=float,
-        help="with --status: exit 1 if the last successful upload is older than HOURS",
-    )
-    mode.add_argument(
-        "--demo-db",
-        metavar="PATH",
-        type=Path,
-        help="write the bundled sample data as a SQLite file for --sqlite trials, then stop",
-    )
-    source = parser.add_argument_group("source and profile")
-    source.add_argument(
-        "--sqlite",
-        metavar="PATH",
-        type=Path,
-        help="read the PowerSchool tables from a SQLite file instead of Oracle",
-    )
-    source.add_argument(
-        "--oracle-client",
-        metavar="DIR",
-        help="Oracle Instant Client folder: thick mode, for databases thin mode cannot reach "
-        "(same as ORACLE_CLIENT_LIB_DIR)",
-    )
-    source.add_argument(
-        "--config",
-        metavar="FILE",
-        type=Path,
-        help="TOML profile overriding the built-in Illinois one (see examples/)",
-    )
-    source.add_argument(
-        "--exclude-name",
-        metavar="NAME",
-        action="append",
-        help="skip students whose first or last name is NAME (any case, exact); "
-        "repeatable; replaces the default list, which is TEST",
-    )
-    source.add_argument(
-        "--changed-only",
-        action="store_true",
-        help="write only students whose values differ from PowerSchool's current custom fields",
-    )
-    files = parser.add_argument_group("files (relative paths resolve beside the script)")
-    files.add_argument(
-        "--output",
-        metavar="PATH",
-        type=Path,
-        help="the local export file (default: raceethnicity.txt beside the script)",
-    )
-    files.add_argument("--remote-dir", metavar="DIR", help="remote directory (default: /sftp/clever/)")
-    files.add_argument(
-        "--remote-mode",
-        metavar="OCTAL",
-        help="mode of the uploaded file (default 600; 640 lets the owner's group read it)",
-    )
-    files.add_argument(
-        "--env-file",
-        metavar="PATH",
-        type=Path,
-        help="KEY=value settings file, mode 600 (default: clever_export.env beside the script, if present)",
-    )
-    files.add_argument(
-        "--lock-file",
-        metavar="PATH",
-        type=Path,
-        help="the one-run-at-a-time lock (default: clever_export.lock beside the state file)",
-    )
-    files.add_argument(
-        "--known-hosts",
-        metavar="PATH",
-        type=Path,
-        default=DEFAULT_KNOWN_HOSTS,
-        help="OpenSSH known_hosts file holding the server's key (default: known_hosts beside the script)",
-    )
-    files.add_argument(
-        "--log-file",
-        metavar="PATH",
-        type=Path,
-        default=DEFAULT_LOG_FILE,
-        help="appended, rotated log (default: clever_export.log beside the script)",
-    )
-    files.add_argument(
-        "--state-file",
-        metavar="PATH",
-        type=Path,
-        default=DEFAULT_STATE_FILE,
-        help="the last run and the last upload, for the safety guard, --status and the import check "
-        "(default: clever_export.state.json beside the script)",
-    )
-    safety = parser.add_argument_group("safety and reliability")
-    safety.add_argument(
-        "--max-drop",
-        metavar="PERCENT",
-        type=float,
-        default=DEFAULT_MAX_DROP_PERCENT,
-        help="refuse to upload if there are more than PERCENT fewer students "
-        "than at the last upload (default: %(default)g)",
-    )
-    safety.add_argument(
-        "--force", action="store_true", help="upload even if the safety guard objects (this run only)"
-    )
-    safety.add_argument(
-        "--retries",
-        metavar="N",
-        type=int,
-        default=DEFAULT_RETRIES,
-        help="upload attempts for network failures (default: %(default)s)",
-    )
-    safety.add_argument(
-        "--retry-wait",
-        metavar="SECONDS",
-        type=float,
-        default=DEFAULT_RETRY_WAIT_SECONDS,
-        help="wait before the 2nd attempt, doubling after (default: %(default)g)",
-    )
-    safety.add_argument(
-        "--timeout",
-        metavar="SECONDS",
-        type=float,
-        default=DEFAULT_TIMEOUT_SECONDS,
-        help="wall-clock limit of each call to the database, the SFTP server, an alert target or the ping "
-        "(default: %(default)g)",
-    )
-    safety.add_argument(
-        "--import-deadline",
-        metavar="HOURS",
-        type=float,
-        default=DEFAULT_IMPORT_DEADLINE_HOURS,
-        help="check that PowerSchool imported the previous upload once it is older than HOURS, "
-        "fractions allowed such as 0.5 (default: %(default)g; 0 turns the check off)",
-    )
-    safety.add_argument(
-        "--import-tolerance",
-        metavar="PERCENT",
-        type=float,
-        default=DEFAULT_IMPORT_TOLERANCE_PERCENT,
-        help="exit 6 when more than PERCENT of the previous upload's students still differ "
-        "(default: %(default)g)",
-    )
-    safety.add_argument(
-        "--ping-url",
-        metavar="URL",
-        help="Healthchecks-style monitoring: URL/start, URL on success, URL/fail, with the run-level "
-        "log lines (never a student's)",
-    )
-    safety.add_argument(
-        "--notify-success",
-        action="store_true",
-        help="also notify the CLEVER_NOTIFY targets when the run succeeds (failures always notify)",
-    )
-    mode.add_argument(
-        "--notify-test",
-        action="store_true",
-        help="send a test notification to every CLEVER_NOTIFY target, then stop",
-    )
-    output = parser.add_argument_group("output")
-    output.add_argument(
-        "-v",
-        "--verbose",
-        action="store_true",
-        help="log how each student's values were mapped (log file only)",
-    )
-    output.add_argument(
-        "-q",
-        "--quiet",
-        action="store_true",
-        help="print nothing on success, even after a retried upload (errors still go to stderr)",
-    )
-    output.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    groups = {name: parser.add_argument_group(name) for name in dict.fromkeys(flag.group for flag in FLAGS)}
+    for flag in FLAGS:
+        names, options = flag.names.split(), {"help": flag.help, "default": flag.default}
+        if flag.metavar is None:
+            options["action"] = "store_true"
+        else:
+            kind = number_within(flag.type, names[-1], *flag.range) if flag.range else flag.type
+            options.update(metavar=flag.metavar, type=kind, action=flag.action)
+        groups[flag.group].add_argument(*names, **options)
+    groups[OUTPUT].add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
 
-def finite_number(value: float, flag: str, low: float, high: float) -> float:
-    """A flag's number, refused (exit 2) when it is nan, inf or out of its range."""
-    if not math.isfinite(value) or not low <= value <= high:
-        raise ConfigError(f"{flag} must be a number from {low:g} to {high:g}, not {value!r}")
-    return value
+def number_within(kind: Callable[[str], float], flag: str, low: float, high: float) -> Callable[[str], float]:
+    """A flag's number type: refused (exit 2) when it is not one, nan, inf or out of its range."""
 
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or not low <= value <= high:
+            raise ConfigError(f"{flag} must be a number from {low:g} to {high:g}, not {text!r}")
+        return value
 
-# Each numeric flag's range, checked once before anything runs.
-FLAG_RANGES = {
-    "timeout": ("--timeout", 0.1, 3600),
-    "retry_wait": ("--retry-wait", 0, 3600),
-    "max_drop": ("--max-drop", 0, 100),
-    "retries": ("--retries", 1, 20),
-    "import_deadline": ("--import-deadline", 0, 24 * 366),
-    "import_tolerance": ("--import-tolerance", 0, 100),
-    "max_age": ("--max-age", 0, 24 * 366),
-}
+    return parse
 
 
 def check_ping_url(url: str) -> None:
@@ -4370,9 +4261,6 @@ def mode_of(args: argparse.Namespace) -> Mode:
         raise ConfigError(f"choose one of {' and '.join(flag for flag, _ in chosen)}")
     if args.demo and args.sqlite:
         raise ConfigError("--demo uses its own sample data; leave out --sqlite")
-    for name, (flag, low, high) in FLAG_RANGES.items():
-        if getattr(args, name) is not None:
-            finite_number(getattr(args, name), flag, low, high)
     if args.max_age is not None and not args.status:
         raise ConfigError("--max-age goes with --status")
     if args.ping_url is not None:
