@@ -1031,6 +1031,12 @@ def check_query_inputs(profile: Profile, source: str = "config") -> None:
                 f"{source}: students.query does not return the column {column}; "
                 f"it must return {', '.join(query_inputs(profile))}"
             )
+    if profile.enroll_statuses is None and "where" not in query_words:
+        raise ConfigError(
+            f"{source}: students.query has no WHERE and students.enroll_statuses is not set, so every "
+            "student ever enrolled would be exported; add enroll_statuses = [0] under [students] "
+            "(as the examples do), or a WHERE of your own"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -2085,6 +2091,26 @@ def give_back(path: Path) -> str:
     return f"check the mode of {existing}"
 
 
+def refuse_root_in_anothers_folder(state_path: Path, argv: list[str] | None) -> None:
+    """A run as root in a set-up another account owns stops before it writes anything:
+    root-owned files (log, state, kept copy, output) would fail that account's next night.
+    A set-up root owns (root's own cron job) runs."""
+    if os.name != "posix" or os.geteuid() != 0:
+        return
+    for path in (SCRIPT_DIR, state_path):
+        with contextlib.suppress(OSError):
+            if (owner := path.stat().st_uid) != 0:
+                account = account_name(owner)
+                run_as = ["sudo", "-u", account] if shutil.which("sudo") else ["runuser", "-u", account, "--"]
+                script = str(beside_script(Path(__file__).resolve().name))
+                command = [*run_as, sys.executable, script, *(sys.argv[1:] if argv is None else argv)]
+                raise ConfigError(
+                    f"this is a run as root, but {path} belongs to {account}: it would leave root-owned "
+                    f"files that {account}'s next run cannot use, so nothing was done. Run it as "
+                    f"{account}: {shell_command(command)}"
+                )
+
+
 def account_name(uid: int) -> str:
     import pwd
 
@@ -2573,6 +2599,11 @@ def other_ports_note(known: KnownHosts, sftp: SftpSettings) -> str:
         ports.update(int(name[len(prefix) :]) for name in map(str.lower, entry.hostnames)
                      if name.startswith(prefix) and re.fullmatch("[0-9]{1,5}", name[len(prefix) :]))  # fmt: skip
     ports.discard(sftp.port)
+    if 22 in ports:  # a line without [host]:port is the port-22 form
+        return (
+            f" (a line names {sftp.host} without a port, which means port 22; for port {sftp.port} it must "
+            f"begin [{sftp.host}]:{sftp.port}, as --show-host-key prints it)"
+        )
     if ports:
         listed = ", ".join(str(port) for port in sorted(ports))
         return f" (only for {sftp.host} on port {listed}: is D118_SFTP_PORT {sftp.port} right?)"
@@ -2684,6 +2715,7 @@ def _connect(sftp: SftpSettings, login: SftpLogin, expected_key=None) -> SftpSes
         client.get_host_keys().add(sftp.known_hosts_name, expected_key.get_name(), expected_key)
     client.set_missing_host_key_policy(_KnownHostsOnly())
     session = SftpSession(None, sftp, client, None)
+    offered: dict[str, list[str]] = {}
     try:
         # Our own socket, known before the handshake: a server that hangs at any step is cut.
         session.sock = open_socket(sftp)
@@ -2698,6 +2730,7 @@ def _connect(sftp: SftpSettings, login: SftpLogin, expected_key=None) -> SftpSes
                 pkey=login.client_key,
                 allow_agent=False,
                 look_for_keys=False,
+                transport_factory=lambda sock, **options: offer_keeping_transport(sock, offered, **options),
             )
             return client.open_sftp()
 
@@ -2707,8 +2740,28 @@ def _connect(sftp: SftpSettings, login: SftpLogin, expected_key=None) -> SftpSes
         raise
     except BaseException as error:
         session.disconnect()
-        raise sftp_failure(error, sftp, known) from None
+        raise sftp_failure(error, sftp, known, offered=offered) from None
     return session
+
+
+# The server's key exchange offer, as paramiko parses it -> how a message names each list.
+KEX_OFFER = {"kex_algo_list": "key exchange", "server_key_algo_list": "host key",
+             "server_encrypt_algo_list": "cipher", "server_mac_algo_list": "MAC"}  # fmt: skip
+
+
+def offer_keeping_transport(sock, offered: dict[str, list[str]], **options):
+    """A paramiko Transport that keeps what the server offers in key exchange in
+    `offered`, for the message when no algorithm is common (paramiko's own names
+    only the kind it lacked; the server's owner needs the list it offers)."""
+    import paramiko
+
+    class OfferKeeping(paramiko.Transport):
+        def _really_parse_kex_init(self, m, ignore_first_byte=False):
+            parsed = super()._really_parse_kex_init(m, ignore_first_byte)
+            offered.update({kind: parsed[key] for key, kind in KEX_OFFER.items()})
+            return parsed
+
+    return OfferKeeping(sock, **options)
 
 
 SFTP_REACH_FIX = "check the server is up and reachable (D118_SFTP_ADDRESS, D118_SFTP_PORT, firewall)"
@@ -2792,20 +2845,24 @@ def sftp_failure(
     sftp: SftpSettings,
     known: KnownHosts | None = None,
     remote_dir: str = "",
+    offered: dict[str, list[str]] | None = None,
 ) -> BaseException:
     """Translate a paramiko or socket error into one actionable SftpError."""
     import paramiko
 
     where = f"{sftp.host}:{sftp.port}"
     in_dir = f" in {remote_dir}" if remote_dir else ""
+    offered = offered or {}
     if isinstance(error, ExportError) or not isinstance(error, Exception):
         return error
     if isinstance(error, (_UnknownHostKey, paramiko.BadHostKeyException)):
         return host_key_failure(error, sftp, known)
     if isinstance(error, paramiko.IncompatiblePeer):
+        offer = "; ".join(f"{kind} {foreign_text(', '.join(names), 200)}" for kind, names in offered.items())
         return SftpError(
-            f"no common algorithm with {where} ({foreign_text(error)}); ask its administrator to "
-            "enable a current one (e.g. curve25519-sha256, ssh-ed25519, aes256-ctr, hmac-sha2-256)"
+            f"no common algorithm with {where} ({foreign_text(error)}); the server offers "
+            f"{offer or 'nothing paramiko could read'}. Ask its administrator to enable a current one "
+            "(e.g. curve25519-sha256, ssh-ed25519, aes256-ctr, hmac-sha2-256)"
         )
     if isinstance(error, paramiko.sftp.SFTPError) and "garbage packet" in str(error).lower():
         return SftpError(
@@ -2931,8 +2988,10 @@ def put_atomically(session, local_path: Path, remote_dir: str, final_name: str, 
     """
     final_path, partial_path, previous_path = remote_paths(remote_dir, final_name)
     notes = restore_previous(session, final_path, previous_path)
-    if remote_exists(session, partial_path) is not None:
-        remote_call("REMOVE", partial_path, lambda: session.remove(partial_path))
+    left = remove_leftover(session, partial_path)
+    if left:  # never a blocked night: tonight's upload goes through a fresh temporary name
+        partial_path = f"{partial_path}.{os.urandom(4).hex()}"
+        notes.append(f"{left} (tonight's upload went through {partial_path})")
     created = False
     try:
         with open_partial(session, partial_path, mode) as remote:
@@ -3043,6 +3102,18 @@ def set_mode(remote, partial_path: str, mode: int) -> list[str]:
             f"the server refused chmod {mode:o} on {partial_path} ({error.reason}); the file has mode "
             f"{has:03o}{wider}"
         ]
+
+
+def remove_leftover(session, partial_path: str) -> str:
+    """A temporary file an earlier run left (a connection cut mid-upload) removed, as the
+    night and --check do; what to tell the admin if the server refuses its removal."""
+    if remote_exists(session, partial_path) is None:
+        return ""
+    try:
+        remote_call("REMOVE", partial_path, lambda: session.remove(partial_path))
+    except RemoteRefused as error:
+        return f"{error}; {partial_path}, left by an earlier run, holds student data: delete it there"
+    return ""
 
 
 def remove_partial(session, partial_path: str) -> str | None:
@@ -3177,8 +3248,9 @@ def remote_leftovers(session, remote_dir: str, final_name: str, moved_aside: boo
             notes.append(f"{previous} was left from an earlier run; removed, as the next run would")
         else:
             notes.append(f"{previous} is left from an earlier run (its delete was refused); delete it there")
-    if remote_exists(session, partial) is not None:
-        notes.append(f"{partial} is left from an earlier run; the next run removes it")
+    left = remove_leftover(session, partial)
+    if left:
+        notes.append(f"{left} (the night uploads through another temporary name)")
     return notes
 
 
@@ -3201,24 +3273,30 @@ def probe_remote_dir(session, sftp: SftpSettings, profile: Profile) -> list[str]
                 notes.append(f"{error}; the probe file {final} is left (a night does not need to delete it)")
             notes += over.notes + remote_leftovers(session, remote_dir, profile.file_name, over.moved_aside)
         except BaseException as error:
-            raise sftp_failure(error, sftp, remote_dir=remote_dir) from None
+            failure = sftp_failure(error, sftp, remote_dir=remote_dir)
+            probe = posixpath.join(remote_dir, PROBE_NAME)
+            with contextlib.suppress(Exception):
+                if isinstance(failure, ExportError) and remote_exists(session, probe) is not None:
+                    failure.args = (
+                        f"{failure}; the probe file {probe} (no student data) is left: delete it there",
+                    )
+            raise failure from None
     return list(dict.fromkeys(notes))
 
 
 def fetch_host_key(sftp: SftpSettings):
     """The key the server offers, fetched without logging in or trusting it."""
-    import paramiko
-
+    offered: dict[str, list[str]] = {}
     try:
         session = SftpSession(None, sftp, None, open_socket(sftp))
-        transport = paramiko.Transport(session.sock)
+        transport = offer_keeping_transport(session.sock, offered)
         try:
             session.run(transport.start_client, "key exchange")
             return transport.get_remote_server_key()
         finally:
             transport.close()
     except BaseException as error:
-        raise sftp_failure(error, sftp) from None
+        raise sftp_failure(error, sftp, offered=offered) from None
 
 
 # =============================================================================
@@ -3411,9 +3489,13 @@ def ping(
     url: str | None, suffix: str, body: str, timeout: float, stoppable: bool = True, warn=LOG.warning
 ) -> None:
     """Healthchecks-style ping, bounded; a monitoring outage must not fail the export."""
-    if not url:
+    if not url or (suffix and is_heartbeat(url)):
         return
-    request = urllib.request.Request(url.rstrip("/") + suffix, data=body.encode("utf-8"), method="POST")
+    request = (
+        urllib.request.Request(url)  # a heartbeat: a GET, as given
+        if is_heartbeat(url)
+        else urllib.request.Request(url.rstrip("/") + suffix, data=body.encode("utf-8"), method="POST")
+    )
     try:
         bounded(
             lambda: urllib.request.urlopen(request, timeout=timeout).close(),
@@ -3490,7 +3572,7 @@ def notify(options: RunOptions, code: int, message: str, test: bool = False) -> 
             return
         try:
             sent[url] = bounded(
-                lambda: bool(sender.notify(title=title, body=body)),
+                lambda: bool(sender.notify(title=title, body=body, body_format=apprise.NotifyFormat.TEXT)),
                 f"the alert to {target_shown(url)}", options.timeout, stoppable=False,
             )  # fmt: skip
         except TimeoutError as error:
@@ -3913,7 +3995,9 @@ def run_check(options: RunOptions) -> int:
     check = Checklist()
     describe_settings(options.settings)
     # The files a nightly run writes: what a run as root, or a full disk, breaks first.
-    check(f"state file {options.state_path} readable", lambda: State.load(options.state_path).require())
+    first = not options.state_path.exists()
+    check(f"state file {options.state_path}" + (": none yet (first run)" if first else " readable"),
+          lambda: State.load(options.state_path).require())  # fmt: skip
     check(
         f"output folder {options.output_path.parent} writable",
         lambda: probe_folder(options.output_path, "--output"),
@@ -3931,6 +4015,10 @@ def run_check(options: RunOptions) -> int:
     targets = notify_targets(options.settings)
     if targets:
         check("alert targets (CLEVER_NOTIFY) understood by Apprise", lambda: check_targets(targets))
+    if options.ping_url:
+        heartbeat = "a heartbeat (a query string): sent on success only; the monitor alerts on silence"
+        kind = heartbeat if is_heartbeat(options.ping_url) else "Healthchecks-style: /start, success, /fail"
+        print(f"[ ok ] ping URL to {ping_host(options.ping_url)}: {kind}")
     sftp = check(
         "SFTP variables set", lambda: sftp_settings(values, options.known_hosts_path, options.timeout)
     )
@@ -4239,15 +4327,21 @@ def check_ping_url(url: str) -> None:
     try:
         parts = urllib.parse.urlsplit(url)
         usable = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
-        # /start and /fail go on the path: after a ?query or #fragment they would ping success
-        usable = usable and not (parts.query or parts.fragment or parts.username or parts.password)
+        usable = usable and not (parts.fragment or parts.username or parts.password)
     except ValueError:  # a port that is not a number
         usable = False
     if not usable or any(character.isspace() for character in url):
         raise ConfigError(
-            "--ping-url must be a whole http:// or https:// URL without ?, # or user@, such as "
+            "--ping-url must be a whole http:// or https:// URL without # or user@, such as "
             "https://hc-ping.com/<your check's UUID>"
         )
+
+
+def is_heartbeat(url: str) -> bool:
+    """A URL with a query string (Uptime Kuma's push URL, Cronitor's ?state=complete) is a
+    heartbeat: /start and /fail cannot go after its query, so it is sent, as given, on
+    success only; the monitor alerts on the silence of a failed night."""
+    return bool(urllib.parse.urlsplit(url).query)
 
 
 def mode_of(args: argparse.Namespace) -> Mode:
@@ -4507,6 +4601,7 @@ class Invocation:
             self.record = RunRecord(started=now_text())  # for --status, whatever stops the run
         if mode is Mode.STATUS:
             return show_status(beside_script(args.state_file), lock_path_of(args), args.max_age)
+        refuse_root_in_anothers_folder(beside_script(args.state_file), argv)
         if mode is Mode.DEMO_DB:
             return write_demo_db(beside_script(args.demo_db))
         self.options = options = resolve_options(args, mode, self.environ)

@@ -170,7 +170,8 @@ def run_export(connection: SlowConnection, output: Path, workdir: Path, extra: t
 
 PREJOINED_PROFILE = """\
 [students]
-query = "SELECT id, dcid, student_number, first_name, last_name, fedethnicity, state_race, lep FROM prejoined"
+# Every row of the pre-joined table is an active student.
+query = "SELECT id, dcid, student_number, first_name, last_name, fedethnicity, state_race, lep FROM prejoined WHERE 1 = 1"
 tables = ["prejoined"]
 """
 

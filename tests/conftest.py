@@ -574,6 +574,43 @@ def slow_peer():
         peer.close()
 
 
+class CuttingProxy:
+    """A TCP relay to a real server on loopback that cuts the connection once the
+    client has sent `cut_after` bytes: a link lost mid-upload, whatever the server."""
+
+    def __init__(self, port: int, cut_after: int):
+        self.server_port, self.cut_after = port, cut_after
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.cut = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client = self._listener.accept()[0]
+                server = socket.create_connection(("127.0.0.1", self.server_port))
+                threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
+                threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket, counted: bool) -> None:
+        sent = 0
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sent += len(data) if counted else 0
+                if sent > self.cut_after:
+                    self.cut.set()
+                    break
+                target.sendall(data)
+        for end in (source, target):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+            end.close()
+
+    def close(self) -> None:
+        self._listener.close()
+
+
 # What each kind of service sends when it trickles: a line at a time, never done.
 TRICKLE_SMTP = (b"", b"220-slow relay\r\n")  # an SMTP greeting that never ends
 TRICKLE_HTTP = (b"HTTP/1.1 200 OK\r\n", b"X-Slow: 1\r\n")  # headers that never end
@@ -595,6 +632,12 @@ def ping_server():
         def do_POST(self):
             length = int(self.headers.get("Content-Length", 0))
             pings.append((self.path, self.rfile.read(length).decode("utf-8")))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+        def do_GET(self):  # a heartbeat URL (Uptime Kuma, Cronitor) is fetched as given
+            pings.append((f"GET {self.path}", ""))
             self.send_response(200)
             self.end_headers()
             self.wfile.write(b"OK")

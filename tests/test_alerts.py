@@ -3,6 +3,8 @@ SMTP server (STARTTLS, login) and to an HTTP receiver (json://) on loopback.
 They carry run-level lines only: never a student's number, name or values, a
 password or a target's URL."""
 
+import email
+import email.policy
 import json
 import re
 
@@ -133,3 +135,19 @@ def test_a_target_is_shown_by_scheme_and_host_only(url, shown):
     from conftest import clever_export as ce
 
     assert ce.target_shown(url) == shown
+
+
+def test_each_line_of_an_alert_mail_stays_a_line_in_every_part(alert_app, smtp_server, sftp_server):
+    env = {"CLEVER_NOTIFY": smtp_server.url, "D118_SFTP_PASSWORD": "wrong-password"}
+    assert alert_app.run(*alert_app.base_args, "--retries", "1", env=env).returncode == 4
+    (message,) = smtp_server.messages
+    parts = [
+        part.get_content()
+        for part in email.message_from_string(message, policy=email.policy.default).walk()
+        if part.get_content_maintype() == "text"
+    ]
+    assert parts
+    for text in parts:
+        lines = [line for line in text.replace("<br />", "\n").replace("<br/>", "\n").splitlines() if line]
+        assert lines[0].endswith("exit 4 (SFTP: connect, login, host key, upload)"), lines
+        assert lines[1].startswith("SFTP login as clever"), lines

@@ -120,7 +120,7 @@ def test_check_names_the_mode_and_the_database_message_when_a_query_fails(app, d
         '[students]\nquery = """SELECT s.id, s.dcid, s.student_number, s.first_name, s.last_name,\n'
         "s.fedethnicity, d.fer state_race, x.lepp lep FROM students s\n"
         "LEFT JOIN s_il_stu_demographics_x d ON d.studentsdcid = s.dcid\n"
-        'LEFT JOIN s_il_stu_x x ON x.studentsdcid = s.dcid"""\n'
+        'LEFT JOIN s_il_stu_x x ON x.studentsdcid = s.dcid WHERE s.enroll_status = 0"""\n'
     )
     result = app.run("--check", "--sqlite", str(path), "--config", str(config), "--timeout", "3")
     assert result.returncode == 3  # the first failure: the database checks come before the SFTP ones

@@ -146,6 +146,7 @@ def write_config(tmp_path, text):
         ("[current_values]\ntable = 'u_def; DROP TABLE students'\n", "is not a plain table or column name"),
         ("[hispanic]\nyes = [1]\nno = ['1']\n", "hispanic.yes and hispanic.no both list"),
         ("[race\n", "is not valid TOML"),
+        (f'[students]\nquery = """{ce.ILLINOIS_QUERY}"""\n', "no WHERE and students.enroll_statuses is not set"),
     ],
 )  # fmt: skip
 def test_bad_profiles_exit_2_naming_the_key(app, tmp_path, toml, message):

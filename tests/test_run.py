@@ -3,6 +3,7 @@
 
 import json
 import os
+import shutil
 import threading
 
 import pytest
@@ -192,14 +193,31 @@ def test_check_finds_an_unwritable_remote_directory(uploading_app, sftp_server):
     assert "[FAIL] remote directory /missing writable" in result.stdout
 
 
-def test_ping_urls_that_can_be_sent_are_accepted():
-    for url in (
-        "https://hc-ping.com/0b1c",
-        "HTTPS://hc-ping.com/0b1c",
-        "http://[::1]:8000/ping/abc",
-        "http://127.0.0.1/",
-    ):
-        ce.check_ping_url(url)
+@pytest.mark.parametrize(
+    ("url", "heartbeat"),
+    [("https://hc-ping.com/0b1c", False), ("HTTPS://hc-ping.com/0b1c", False),
+     ("http://[::1]:8000/ping/abc", False), ("http://127.0.0.1/", False),
+     ("https://kuma.district.org/api/push/Ab12?status=up&msg=OK&ping=", True),
+     ("https://cronitor.link/p/KEY/nightly?state=complete", True),
+     ("https://hc-ping.com/0b1c-secret/slug?create=1", True)],
+)  # fmt: skip
+def test_ping_urls_that_can_be_sent_are_accepted(uploading_app, sftp_server, url, heartbeat):
+    result = uploading_app.run("--check", "--sqlite", str(uploading_app.db_path), "--ping-url", url)
+    assert result.returncode == 0, result.stdout + result.stderr
+    kind = "a heartbeat (a query string): sent on success only" if heartbeat else "Healthchecks-style"
+    assert f"[ ok ] ping URL to {ce.ping_host(url)}: {kind}" in result.stdout
+    assert ce.is_heartbeat(url) is heartbeat
+
+
+def test_a_heartbeat_url_is_fetched_as_given_on_success_only(uploading_app, sftp_server, ping_server):
+    url = ping_server.url.replace("/ping/abc", "/api/push/Ab12?status=up&msg=OK&ping=")
+    assert uploading_app.run(*uploading_app.base_args, "--ping-url", url).returncode == 0
+    assert ping_server.pings == [("GET /api/push/Ab12?status=up&msg=OK&ping=", "")]  # no /start
+    ping_server.pings.clear()
+    failed = uploading_app.run(
+        *uploading_app.base_args, "--ping-url", url, env={"D118_SFTP_PASSWORD": "wrong"}
+    )
+    assert failed.returncode == 4 and ping_server.pings == []  # no /fail: the monitor alerts on silence
 
 
 def test_pings_start_success_and_fail_with_log_lines(uploading_app, sftp_server, ping_server):
@@ -223,7 +241,7 @@ def test_a_failing_ping_only_warns(uploading_app, sftp_server, silent_listener):
 @pytest.mark.parametrize(
     "url", ["hc-ping.com/0b1c-secret-uuid", "ftp://hc-ping.com/0b1c-secret-uuid", "https:///0b1c-secret-uuid",
             "http://[::1/0b1c-secret-uuid", "https://hc-ping.com/0b1c-secret-uuid#x",
-            "https://hc-ping.com/0b1c-secret/slug?create=1", "https://user:secret@hc-ping.com/u",
+            "https://user:secret@hc-ping.com/u",
             "https://hc-ping.com:abc/secret", "https://hc-ping.com/secret uuid"],
 )  # fmt: skip
 def test_a_ping_url_that_cannot_be_sent_exits_2_before_anything_runs(uploading_app, sftp_server, url):
@@ -481,3 +499,32 @@ def test_an_sftp_address_that_is_not_a_host_exits_2(uploading_app, sftp_server, 
             assert words in result.stdout and result.returncode == 2
         else:
             assert result.returncode == 2 and words in one_line(result.stderr)
+
+
+def test_check_says_a_first_run_has_no_state_file_yet(uploading_app, sftp_server):
+    state = uploading_app.root / "clever_export.state.json"
+    first = uploading_app.run("--check", "--sqlite", str(uploading_app.db_path))
+    assert f"[ ok ] state file {state}: none yet (first run)" in first.stdout and first.returncode == 0
+    assert uploading_app.run(*uploading_app.base_args).returncode == 0
+    later = uploading_app.run("--check", "--sqlite", str(uploading_app.db_path))
+    assert f"[ ok ] state file {state} readable" in later.stdout
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="a run as root needs root")
+def test_a_run_as_root_in_a_set_up_another_account_owns_is_refused_before_it_writes(app, db, sftp_account):
+    database = db([Student(1001, fer=16)])
+    account = sftp_account.user
+    for path in (app.root, *app.root.rglob("*")):
+        shutil.chown(path, account, account)
+    before = sorted(path.name for path in app.root.iterdir())
+    result = app.run("--sqlite", str(database), "--no-upload")
+    assert result.returncode == 2, result.stderr
+    line = one_line(result.stderr)
+    assert f"{app.root} belongs to {account}" in line and "nothing was done" in line
+    assert f"sudo -u {account} " in line or f"runuser -u {account} -- " in line
+    assert line.endswith(f"clever_export.py --sqlite {database} --no-upload")
+    assert sorted(path.name for path in app.root.iterdir()) == before  # no log, state, lock or output
+    assert "belongs to" not in app.run("--status").stderr  # reading is no harm
+    for path in (app.root, *app.root.rglob("*")):
+        shutil.chown(path, 0, 0)  # a set-up root owns (root's own cron job) runs
+    assert app.run("--sqlite", str(database), "--no-upload").returncode == 0

@@ -298,7 +298,9 @@ def test_a_query_ending_in_a_semicolon_or_comment_works_in_every_mode(app, db, t
     ]
     path = str(db(students))
     config = tmp_path / "district.toml"
-    config.write_text(f"[students]\nquery = '''\n{QUERY_BODY}{ending}'''\n", encoding="utf-8")
+    config.write_text(
+        f"[students]\nenroll_statuses = [0]\nquery = '''\n{QUERY_BODY}{ending}'''\n", encoding="utf-8"
+    )
     baseline = app.run("--sqlite", path, "--no-upload", "--output", "baseline.txt")
     assert baseline.returncode == 0, baseline.stderr
     outputs = {}

@@ -92,6 +92,16 @@ def test_unknown_host_refuses_before_reading_the_database(uploading_app, sftp_se
     assert sftp_server.connections == 0 and not uploading_app.output.exists()
 
 
+def test_a_known_hosts_line_without_a_port_is_named_as_the_port_22_form(uploading_app, sftp_server):
+    uploading_app.known_hosts.write_text(f"127.0.0.1 {sftp_server.known_hosts_line().split(' ', 1)[1]}")
+    result = uploading_app.run(*uploading_app.base_args)
+    line = one_line(result.stderr)
+    assert result.returncode == 4 and "a line names 127.0.0.1 without a port, which means port 22" in line
+    assert f"must begin [127.0.0.1]:{sftp_server.port}" in line and "right?" not in line
+    check = uploading_app.run("--check", *uploading_app.base_args)
+    assert "without a port, which means port 22" in check.stdout
+
+
 def test_a_closed_connection_is_not_a_refusal_but_a_servers_status_is():
     """After Ctrl-C closed the connection, "its removal was refused" would send an admin to the server."""
     assert ce.refusal(OSError("Socket is closed")) is None  # paramiko's text once the channel is gone
@@ -427,6 +437,8 @@ def test_no_common_algorithm_exits_4_naming_the_offer(app, db, fault_server, alg
     line = one_line(result.stderr)
     assert "no common algorithm" in line and f"127.0.0.1:{server.port}" in line
     assert offered in line  # which kind of algorithm is missing, so its admin knows what to enable
+    server_offer = algorithms.get("mac_algs") or next(iter(algorithms.values()))
+    assert "the server offers " in line and server_offer[0] in line  # and what it offers instead
     assert "curve25519-sha256" in line  # and what to enable
     assert "gave up" not in line and "firewall" not in line
     assert server.connections == 1  # not retried

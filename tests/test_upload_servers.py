@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import SSHD, SftpAccount, Student, _free_port, one_line, serve
+from conftest import SSHD, CuttingProxy, SftpAccount, Student, _free_port, many_students, one_line, serve
 
 pytestmark = pytest.mark.skipif(
     sys.platform == "win32", reason="sshd, ProFTPD and gesftpserver are tested on Linux only"
@@ -425,3 +425,66 @@ def test_gesftpserver_read_only_fails_naming_open_and_keeps_yesterdays_file(real
     failed(over, f"the server refused OPEN {server.remote_dir}/.{FINAL}.partial (permission denied)")
     assert server.remote().read_bytes() == YESTERDAY and server.names() == [FINAL]
     verdicts_agree(check(app), over)
+
+
+# --- A leftover the account cannot delete never blocks a night ------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "options"),
+    [("internal-sftp", "-P remove"), ("proftpd", "<Limit DELE>\n  DenyAll\n</Limit>")],
+    ids=["openssh-internal-sftp-no-remove", "proftpd-deny-dele"],
+)
+def test_a_leftover_partial_the_account_cannot_delete_never_blocks_a_night(
+    real_server, app, db, kind, options
+):
+    server = real_server(kind, options)
+    deploy(app, db, server)
+    app.db_path = db(many_students(15_000))  # ~200 KB: the upload is cut well inside it
+    args = (
+        "--sqlite",
+        str(app.db_path),
+        "--timeout",
+        "5",
+        "--retries",
+        "1",
+        "--remote-dir",
+        server.remote_dir,
+    )
+    proxy = CuttingProxy(server.port, cut_after=120_000)
+    try:
+        app.known_hosts.write_text(f"[127.0.0.1]:{proxy.port} {server.host_public_key}\n")
+        cut = app.run(*args, env={"D118_SFTP_PORT": str(proxy.port)})
+    finally:
+        proxy.close()
+    assert cut.returncode == 4 and proxy.cut.is_set(), cut.stderr
+    partial = f".{FINAL}.partial"
+    assert server.names() == [partial]  # the cut connection could not remove it
+    app.known_hosts.write_text(f"[127.0.0.1]:{server.port} {server.host_public_key}\n")
+    left = f"{server.remote_dir}/{partial}"
+    checked = check(app)
+    assert checked.returncode == 0 and "all checks passed" in checked.stdout, checked.stdout
+    (warned,) = [line for line in warnings(checked) if partial in line]
+    assert f"refused REMOVE {left}" in warned and "holds student data: delete it there" in warned
+    result = night(app)
+    assert result.returncode == 0, result.stderr
+    line = one_line(result.stderr)
+    assert line.startswith(f"WARNING: the server refused REMOVE {left} (permission denied)"), line
+    assert "the account needs delete rights" in line and "holds student data" in line
+    assert server.remote().read_bytes() == app.output.read_bytes()
+    assert server.names() == sorted([FINAL, partial, PROBE])  # the leftover, and --check's probe, as warned
+
+
+def test_a_check_that_fails_after_its_probe_names_the_probe_it_leaves(real_server, app, db):
+    server = real_server("proftpd", "SFTPExtensions -posixRename\n<Limit DELE>\n  DenyAll\n</Limit>")
+    succeeded(app, server, night(deploy(app, db, server)))
+    server.plant_yesterdays_file()
+    night(app)  # moves yesterday's file aside, and cannot delete it: .previous is left
+    checked = check(app)
+    assert checked.returncode == 4
+    (failure,) = [line for line in checked.stdout.splitlines() if line.startswith("[FAIL] remote directory")]
+    assert f"refused REMOVE {server.remote_dir}/.{FINAL}.previous" in failure
+    assert failure.endswith(
+        f"the probe file {server.remote_dir}/{PROBE} (no student data) is left: delete it there"
+    )
+    assert PROBE in server.names()
