@@ -104,7 +104,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
-__version__ = "2.0.0"
+__version__ = "3.1.0"  # CHANGELOG.md's top entry
 
 SCRIPT_DIR = Path(__file__).resolve().parent
 LOG = logging.getLogger("clever_export")
@@ -584,12 +584,24 @@ class Settings:
         )
 
 
-# The settings the script reads, for --check's list of sources.
-SETTING_NAMES = (
-    "POWERSCHOOL_READ_USER", "POWERSCHOOL_DB_PASSWORD", "POWERSCHOOL_PROD_DB", "TNS_ADMIN",
-    "ORACLE_CLIENT_LIB_DIR", "D118_SFTP_ADDRESS", "D118_SFTP_PORT", "D118_SFTP_USERNAME",
-    "D118_SFTP_PASSWORD", "D118_SFTP_KEY_FILE", "D118_SFTP_KEY_PASSPHRASE", "CLEVER_NOTIFY",
-)  # fmt: skip
+# The settings the script reads, one row each: what it is (--help's list, and the
+# line naming a missing one) and whether it is a secret (never shown, in any form).
+# A test keeps docs/configuration.md and clever_export.env.example equal to it.
+SETTINGS: dict[str, tuple[str, bool]] = {
+    "POWERSCHOOL_READ_USER": ("PowerSchool (Oracle) read-only user", False),
+    "POWERSCHOOL_DB_PASSWORD": ("the read user's password", True),
+    "POWERSCHOOL_PROD_DB": ("Easy Connect string (psdb.example.org:1521/PSPRODDB) or tnsnames alias", False),
+    "TNS_ADMIN": ("folder holding tnsnames.ora, for an alias", False),
+    "ORACLE_CLIENT_LIB_DIR": ("Oracle Instant Client folder: thick mode (see docs/oracle.md)", False),
+    "D118_SFTP_ADDRESS": ("SFTP server host name or address", False),
+    "D118_SFTP_PORT": ("SFTP port (default 22)", False),
+    "D118_SFTP_USERNAME": ("SFTP user", False),
+    "D118_SFTP_PASSWORD": ("SFTP password, or instead D118_SFTP_KEY_FILE", True),
+    "D118_SFTP_KEY_FILE": ("private key file, OpenSSH format, mode 600 (relative: beside the script)", False),
+    "D118_SFTP_KEY_PASSPHRASE": ("the key's passphrase, if it has one", True),
+    "CLEVER_NOTIFY": ("Apprise URL(s) alerted when a run fails (see docs/alerts.md)", True),
+}
+SETTING_NAMES = tuple(SETTINGS)
 
 
 def read_settings(env_file: Path | None, environ: dict[str, str]) -> Settings:
@@ -720,11 +732,11 @@ class RunOptions:
         return self.state_path.parent / SENT_FILE_NAME
 
 
-def _require_env(environ: dict[str, str], name: str, purpose: str) -> str:
+def _require_env(environ: dict[str, str], name: str) -> str:
     value = environ.get(name, "").strip()
     if not value:
         raise ConfigError(
-            f"environment variable {name} ({purpose}) is not set; "
+            f"environment variable {name} ({SETTINGS[name][0]}) is not set; "
             "set it in the env file (clever_export.env, or --env-file) or for the account that runs "
             "the job (see README, Configuration)"
         )
@@ -732,9 +744,10 @@ def _require_env(environ: dict[str, str], name: str, purpose: str) -> str:
 
 
 def database_settings(environ: dict[str, str]) -> DatabaseSettings:
-    user = _require_env(environ, "POWERSCHOOL_READ_USER", "PowerSchool database user")
-    password = _require_env(environ, "POWERSCHOOL_DB_PASSWORD", "its password")
-    dsn = _require_env(environ, "POWERSCHOOL_PROD_DB", "Easy Connect string such as host:1521/PSPRODDB")
+    user, password, dsn = (
+        _require_env(environ, name)
+        for name in ("POWERSCHOOL_READ_USER", "POWERSCHOOL_DB_PASSWORD", "POWERSCHOOL_PROD_DB")
+    )
     register_secret(password)
     if "@" in dsn:  # user/password@host, user:password@host: never shown
         credentials = dsn.rpartition("@")[0]
@@ -762,7 +775,7 @@ def database_settings(environ: dict[str, str]) -> DatabaseSettings:
 def sftp_settings(
     environ: dict[str, str], known_hosts_path: Path, timeout: float, need_login: bool = True
 ) -> SftpSettings:
-    host = _require_env(environ, "D118_SFTP_ADDRESS", "SFTP server host name or address")
+    host = _require_env(environ, "D118_SFTP_ADDRESS")
     if re.fullmatch(r"[^:]+:[0-9]+", host):
         raise ConfigError(
             "D118_SFTP_ADDRESS holds a port; give the host alone there and the port in D118_SFTP_PORT"
@@ -778,7 +791,7 @@ def sftp_settings(
         raise ConfigError(f"D118_SFTP_PORT must be a port number 1-65535, not {escape_text(port_text)!r}")
     if not need_login:
         return SftpSettings(host, int(port_text), "", None, None, None, known_hosts_path, timeout)
-    username = _require_env(environ, "D118_SFTP_USERNAME", "SFTP user name")
+    username = _require_env(environ, "D118_SFTP_USERNAME")
     password = environ.get("D118_SFTP_PASSWORD") or None
     passphrase = environ.get("D118_SFTP_KEY_PASSPHRASE") or None
     key_text = environ.get("D118_SFTP_KEY_FILE", "").strip()
@@ -1828,6 +1841,7 @@ class Summary:
     other_reasons: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     blank_but_set: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    changed_by_field: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
     def add(self, letters: Letters, students: int) -> None:
         self.exported += students
@@ -1875,7 +1889,8 @@ class Summary:
         lines.append(f"  skipped: {self.skipped.total()}")
         lines.extend(f"    {reason}: {n}" for reason, n in self.skipped.most_common())
         if self.compared:
-            lines.append(f"  would change: {self.changed} of {self.exported}")
+            by_field = ", ".join(f"{field} {self.changed_by_field[field]}" for field in self.fields)
+            lines.append(f"  would change: {self.changed} of {self.exported} ({by_field})")
             held = ", ".join(f"{field} {self.blank_but_set[field]}" for field in self.fields)
             lines.append(f"  blank here but set in PowerSchool (an import may not clear them): {held}")
         else:
@@ -2027,6 +2042,7 @@ def export_lines(batches: Iterable[list[tuple]], mapper: StudentMapper, changed_
             changes = changed_fields(student.letters, current, mapper.fields)
             if changes:
                 summary.changed += 1
+                summary.changed_by_field.update(change.partition(" ")[0] for change in changes)
                 if changed_only:
                     FILE_LOG.info("student %s: %s", student.number, "; ".join(changes))
             elif changed_only:
@@ -4163,20 +4179,13 @@ def show_host_key(options: RunOptions) -> int:
 def epilog() -> str:
     # Task Scheduler shows the last result in hex: each code is given both ways.
     exit_codes = "\n".join(f"  {code:>3}  0x{code:02X}  {meaning}" for code, meaning in EXIT_CODES.items())
+    settings = "\n".join(
+        f"  {name:<26} {purpose}{' (a secret: never printed or logged)' if secret else ''}"
+        for name, (purpose, secret) in SETTINGS.items()
+    )
     return f"""\
 environment (or KEY=value lines in clever_export.env beside the script, mode 600):
-  POWERSCHOOL_READ_USER      PowerSchool (Oracle) read-only user
-  POWERSCHOOL_DB_PASSWORD    its password (never printed or logged)
-  POWERSCHOOL_PROD_DB        Easy Connect string (psdb.example.org:1521/PSPRODDB) or tnsnames alias
-  TNS_ADMIN                  folder holding tnsnames.ora, for an alias
-  ORACLE_CLIENT_LIB_DIR      Oracle Instant Client folder: thick mode (see docs/oracle.md)
-  D118_SFTP_ADDRESS          SFTP server host name or address
-  D118_SFTP_PORT             SFTP port (default 22)
-  D118_SFTP_USERNAME         SFTP user
-  D118_SFTP_PASSWORD         SFTP password, or instead:
-  D118_SFTP_KEY_FILE         private key file, OpenSSH format, mode 600 (relative: beside the script)
-  D118_SFTP_KEY_PASSPHRASE   the key's passphrase, if it has one
-  CLEVER_NOTIFY              Apprise URL(s) alerted when a run fails (see docs/alerts.md)
+{settings}
 
 exit codes (decimal, then hex as Task Scheduler's "Last Run Result" shows it):
 {exit_codes}
@@ -4227,7 +4236,7 @@ FLAGS = (
     Flag(MODE, "--dry-run", help="everything except the upload, then a report of values, blanks and changes"),
     Flag(MODE, "--no-upload", help="write the file only; needs no SFTP settings"),
     Flag(MODE, "--status", help="print the last run, the last successful upload and the last import check; "
-         "exit with the last run's code"),
+         "exit 0 if the last run succeeded, else its code (exit 2 if no run is recorded yet)"),
     Flag(MODE, "--max-age", "HOURS", float, None, (0, 24 * 366), "with --status: exit 7 if the last successful "
          "upload is older than HOURS"),
     Flag(MODE, "--demo-db", "PATH", Path, help="write the bundled sample data as a SQLite file for --sqlite "

@@ -13,7 +13,13 @@ import clever_export
 
 README = REPO / "README.md"
 DOCS_DIR = REPO / "docs"
-MARKDOWN = [README, REPO / "CONTRIBUTING.md", REPO / "bench" / "README.md", *sorted(DOCS_DIR.glob("*.md"))]
+MARKDOWN = [
+    README,
+    REPO / "CHANGELOG.md",
+    REPO / "CONTRIBUTING.md",
+    REPO / "bench" / "README.md",
+    *sorted(DOCS_DIR.glob("*.md")),
+]
 # Files whose code blocks and inline code show clever_export.py's flags (bench/README.md
 # and CONTRIBUTING.md show bench.py's and other tools' flags).
 SHOWS_SCRIPT_FLAGS = [README, *sorted(DOCS_DIR.glob("*.md"))]
@@ -230,3 +236,67 @@ def test_no_other_page_repeats_the_exit_code_table(path):
 def test_the_readme_stays_short():
     lines = len(text_of(README).splitlines())
     assert lines < README_MAX_LINES, f"README.md has {lines} lines; move reference material to docs/"
+
+
+# --- (e) Tables that mirror the script's own tables --------------------------------
+
+CONFIGURATION = DOCS_DIR / "configuration.md"
+
+
+def table_rows(path: Path, heading: str) -> list[list[str]]:
+    """The cells of the first table under `heading` (its header and rule left out)."""
+    section = text_of(path).split(f"\n{heading}\n", 1)[1]
+    rows = []
+    for line in section.splitlines():
+        if rows and not line.startswith("|"):
+            break
+        if line.startswith("|"):
+            rows.append([cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip().strip("|"))])
+    return rows[2:]
+
+
+def shown_default(text: str) -> str | None:
+    """What a flag's text gives as its default, as written: `20`, `raceethnicity.txt beside the script`."""
+    found = re.search(r"\(default:? ([^;)]+)", text.replace("`", ""))
+    return found[1].strip() if found else None
+
+
+def test_the_flags_table_is_the_parsers_flags_defaults_and_exit_codes():
+    documented = {}
+    for first, meaning in table_rows(CONFIGURATION, "## Flags"):
+        names = re.findall(r"`(-[^`]+)`", first)
+        flag, *metavar = names[-1].split()
+        documented[flag] = (metavar[0] if metavar else None, meaning)
+    flags = {flag.names.split()[-1]: flag for flag in clever_export.FLAGS}
+    assert set(documented) == {*flags, "--version"}
+    for name, flag in flags.items():
+        metavar, meaning = documented[name]
+        assert metavar == flag.metavar, name
+        help_text = flag.help % {"default": flag.default}
+        assert shown_default(meaning) == shown_default(help_text), name
+        codes = set(re.findall(r"\bexit (\d+)", meaning)) | set(re.findall(r"\bexit (\d+)", help_text))
+        assert set(re.findall(r"\bexit (\d+)", meaning)) == set(re.findall(r"\bexit (\d+)", help_text)), name
+        assert all(int(code) in clever_export.EXIT_CODES for code in codes), name
+
+
+def test_every_setting_in_the_docs_and_the_env_example_is_the_scripts():
+    documented = [
+        re.fullmatch(r"`([A-Z0-9_]+)`", row[0])[1]
+        for row in table_rows(CONFIGURATION, "## Environment variables")
+    ]
+    assert documented == list(clever_export.SETTINGS)
+    example = re.findall(r"^#?([A-Z][A-Z0-9_]+)=", text_of(REPO / "clever_export.env.example"), re.MULTILINE)
+    assert sorted(set(example)) == sorted(clever_export.SETTINGS)
+    for path in SHOWS_SCRIPT_FLAGS:
+        for name in re.findall(r"\b((?:POWERSCHOOL|D118|CLEVER|ORACLE)_[A-Z0-9_]+)\b", text_of(path)):
+            assert name in clever_export.SETTINGS or name == "CLEVER_EXPORT", (rel(path), name)
+
+
+def test_the_changelogs_top_entry_is_the_version_the_script_prints():
+    changelog = text_of(REPO / "CHANGELOG.md")
+    versions = re.findall(
+        r"^## ([0-9]+\.[0-9]+\.[0-9]+) — [0-9]{4}-[0-9]{2}-[0-9]{2}$", changelog, re.MULTILINE
+    )
+    assert versions and versions[0] == clever_export.__version__
+    assert versions == sorted(versions, key=lambda v: tuple(map(int, v.split("."))), reverse=True)
+    assert "docs/switching.md" in text_of(README) and "CHANGELOG.md" in text_of(DOCS_DIR / "switching.md")
