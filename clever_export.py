@@ -37,7 +37,8 @@ Guarantees
     exclusively in the remote directory, is renamed over the final name, and
     its size is checked.
   * A failure exits non-zero with one line on stderr naming the problem and
-    the fix, and nothing is uploaded after a failure (exit 6 reports last
+    the fix (under --quiet the only line there; without it, the run's
+    warnings come first), and nothing is uploaded after a failure (exit 6 reports last
     night's import, after tonight's upload).
   * One run at a time (an OS lock); a collapsed export (zero students, or a
     large drop since the last upload) is not uploaded.
