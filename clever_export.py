@@ -2825,15 +2825,34 @@ class SftpSession:
         if self.sock is not None:
             self.sock.close()
 
+    def open_exclusive(self, path: str, mode: int | None) -> SftpSession:
+        """Create `path` for writing, failing if anything stands there, with `mode`
+        sent in the same request: the file is never readable by others, not even
+        empty.  (paramiko's open() sends no permissions, so the server's umask would
+        decide until a chmod.)"""
+        from paramiko.sftp import CMD_HANDLE, CMD_OPEN, SFTP_FLAG_CREATE, SFTP_FLAG_EXCL, SFTP_FLAG_WRITE
+        from paramiko.sftp_attr import SFTPAttributes
+        from paramiko.sftp_file import SFTPFile
+
+        attributes = SFTPAttributes()
+        if mode is not None:
+            attributes.st_mode = mode
+        client = self.target
+        kind, message = self._request(
+            CMD_OPEN,
+            client._adjust_cwd(path),
+            SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_EXCL,
+            attributes,
+        )
+        if kind != CMD_HANDLE:
+            raise OSError(f"unexpected answer to open {path}")
+        return self.file(SFTPFile(client, message.get_binary(), "wb", -1))
+
     def __enter__(self) -> SftpSession:
         return self
 
     def __exit__(self, *exc_info) -> None:
         self.close()  # a file's: a request too
-
-
-class RemoteWriteRefused(Exception):
-    """The SFTP server answered a write with Failure (disk full, quota)."""
 
 
 def host_key_failure(error, sftp: SftpSettings, known: KnownHosts | None) -> SftpError:
@@ -2894,8 +2913,6 @@ def sftp_failure(
             f"SFTP login as {sftp.username} on {where} failed{detail}; check "
             "D118_SFTP_USERNAME and D118_SFTP_PASSWORD or D118_SFTP_KEY_FILE"
         )
-    if isinstance(error, RemoteWriteRefused):
-        return SftpError(f"SFTP server {where} {error}; free space or raise the quota there, then rerun")
     if isinstance(error, PermissionError):
         return SftpError(
             f"SFTP server {where} refused access{in_dir} ({foreign_text(error)}); "
@@ -2941,10 +2958,11 @@ CHANNEL_CLOSED = "Socket is closed"
 class RemoteRefused(SftpError):
     """The server answered an operation with a refusal: named, never retried."""
 
-    def __init__(self, operation: str, path: str, reason: str, needs: str, shown: str = ""):
+    def __init__(self, operation: str, path: str, reason: str, shown: str = ""):
         folder = posixpath.dirname(path) + "/"
         super().__init__(
-            f"the server refused {operation} {shown or path} ({reason}): the account needs {needs} in {folder}"
+            f"the server refused {operation} {shown or path} ({reason}): the account needs "
+            f"{REMOTE_RIGHTS[operation]} in {folder}"
         )
         self.reason = reason
 
@@ -2952,282 +2970,278 @@ class RemoteRefused(SftpError):
 # What the account needs for each operation, as the refusal's message names it.
 REMOTE_RIGHTS = {
     "OPEN": "create and write rights",
-    "WRITE": "write rights (or free space and quota)",
     "SETSTAT": "chmod rights",
     "RENAME": "rename/delete rights",
     "REMOVE": "delete rights",
 }
 
 
-def remote_call(operation: str, path: str, call: Callable[[], Any], shown: str = "") -> Any:
-    """One SFTP request; a refusal becomes RemoteRefused naming it and the file."""
-    try:
-        return call()
-    except OSError as error:
-        reason = refusal(error)
-        if reason is None or (operation == "OPEN" and reason == "no such file"):
-            raise  # a network failure, or a remote directory that is not there: sftp_failure names it
-        raise RemoteRefused(operation, path, reason, REMOTE_RIGHTS[operation], shown) from None
+class RemoteFile:
+    """One file's way onto the SFTP server: the session, the final name and the
+    temporary and moved-aside names beside it (dot-names, which an importer
+    reading the folder never sees), the mode, and the notes the night goes on
+    after (a refused chmod, a leftover).  A request that can be refused goes
+    through call(), which names the refusal and the right the account lacks."""
 
-
-def remote_exists(session, path: str) -> Any:
-    """The path's attributes on the server, or None if nothing is there."""
-    try:
-        return session.lstat(path)
-    except FileNotFoundError:
-        return None
-
-
-class Placement(NamedTuple):
-    size: int  # bytes of the final file on the server
-    notes: list[str]  # warnings the night goes on after (a refused chmod, a leftover)
-    moved_aside: bool  # the server refused posix-rename: the old file went to .previous first
-
-
-def remote_paths(remote_dir: str, final_name: str) -> tuple[str, str, str]:
-    """The final file, and the temporary and moved-aside names beside it: dot-names,
-    which an importer reading the folder never sees."""
-    hidden = final_name if final_name.startswith(".") else f".{final_name}"
-    return tuple(
-        posixpath.join(remote_dir, name) for name in (final_name, f"{hidden}.partial", f"{hidden}.previous")
-    )
-
-
-def put_atomically(session, local_path: Path, remote_dir: str, final_name: str, mode: int) -> Placement:
-    """Upload to a temporary name, rename over the final one, check the size.
-
-    Only the operations needed: a leftover at the temporary name is removed
-    if one is there; the file is created exclusively (a planted link is never
-    written through) with its mode in the same request; a chmod is sent only
-    if the server gave another mode.  Until the final rename, a failure or a
-    stop removes the temporary file (after closing it: Windows servers keep an
-    open file).  The rename, once begun, finishes whatever signal arrives.
-    """
-    final_path, partial_path, previous_path = remote_paths(remote_dir, final_name)
-    notes = restore_previous(session, final_path, previous_path)
-    left = remove_leftover(session, partial_path)
-    if left:  # never a blocked night: tonight's upload goes through a fresh temporary name
-        partial_path = f"{partial_path}.{os.urandom(4).hex()}"
-        notes.append(f"{left} (tonight's upload went through {partial_path})")
-    created = False
-    try:
-        with open_partial(session, partial_path, mode) as remote:
-            created = True
-            notes += set_mode(remote, partial_path, mode)
-            write_all(remote, local_path, partial_path)
-        STOP.check()
-        local_size = local_path.stat().st_size
-        partial_size = session.lstat(partial_path).st_size
-        if partial_size != local_size:
-            raise RemoteWriteRefused(
-                f"kept {partial_size} of the {local_size} bytes written in {remote_dir} (disk full or quota)"
-            )
-        final = remote_exists(session, final_path)
-        if final is not None and stat.S_ISDIR(final.st_mode):
-            raise SftpError(
-                f"the remote path {final_path} is a directory, so nothing was moved; "
-                "remove it on the server or change output.file_name"
-            )
-        with STOP.deferred_section():
-            moved_aside = rename_over(
-                session, partial_path, final_path, previous_path, final is not None, notes
-            )
-            created = False  # from here the file is tonight's final one
-            final = verify_final(session, final_path, notes)
-    except BaseException as error:
-        left = remove_partial(session, partial_path) if created else None
-        if left and isinstance(error, ExportError):
-            error.args = (f"{error}; {left}",)  # the one line says which file is left
-        elif left:
-            LOG.warning("%s", left)
-        raise
-    if final is None:  # renamed into place, then the connection went: the night is done
-        return Placement(local_size, notes, moved_aside)
-    if not stat.S_ISREG(final.st_mode) or final.st_size != local_size:
-        raise SftpError(
-            f"{final_path} on the server is not the {local_size}-byte file just uploaded; "
-            "check the server's disk space and rerun"
+    def __init__(self, session: SftpSession, remote_dir: str, name: str, mode: int):
+        hidden = name if name.startswith(".") else f".{name}"
+        self.session, self.remote_dir, self.mode = session, remote_dir, mode
+        self.final, self.partial, self.previous = (
+            posixpath.join(remote_dir, each) for each in (name, f"{hidden}.partial", f"{hidden}.previous")
         )
-    return Placement(final.st_size, notes, moved_aside)
+        self.notes: list[str] = []
+        self.moved_aside = False  # the server refused posix-rename: the old file went aside first
+        self.size = 0  # of the final file on the server, once put
 
+    def call(self, operation: str, path: str, action: Callable[[], Any], shown: str = "") -> Any:
+        """One SFTP request; a refusal becomes RemoteRefused naming it and the file."""
+        try:
+            return action()
+        except OSError as error:
+            reason = refusal(error)
+            if reason is None or (operation == "OPEN" and reason == "no such file"):
+                raise  # a network failure, or a remote directory that is not there: sftp_failure names it
+            raise RemoteRefused(operation, path, reason, shown) from None
 
-def verify_final(session, final_path: str, notes: list[str]):
-    """The final file's attributes after the rename; None, with a note, if the
-    server cannot say any more (the rename was answered: tonight's file is there)."""
-    try:
-        return session.lstat(final_path)
-    except Exception as error:  # a dropped connection, or the importer already took the file
-        notes.append(
-            f"tonight's file was renamed into place, but its size could not be checked ({foreign_text(error, 80)})"
+    def exists(self, path: str) -> Any:
+        """The path's attributes on the server, or None if nothing is there."""
+        try:
+            return self.session.lstat(path)
+        except FileNotFoundError:
+            return None
+
+    def rename(self, old: str, new: str) -> None:
+        self.call("RENAME", old, lambda: self.session.rename(old, new), f"{old} -> {new}")
+
+    def remove(self, path: str) -> None:
+        self.call("REMOVE", path, lambda: self.session.remove(path))
+
+    def no_room(self, what: str) -> SftpError:
+        sftp = self.session.sftp
+        return SftpError(
+            f"SFTP server {sftp.host}:{sftp.port} {what}; free space or raise the quota there, then rerun"
         )
-        return None
 
+    def put(self, local_path: Path) -> int:
+        """Upload to the temporary name, rename over the final one, check the size;
+        the final file's size on the server.
 
-def open_partial(session, partial_path: str, mode: int):
-    """The temporary file, created exclusively with its mode in the OPEN request.
-    A server that creates the file and then refuses to set the mode it was asked
-    for (ProFTPD's <Limit SITE_CHMOD> DenyAll) gets a plain OPEN instead: the
-    mode is then asked for, and reported, by set_mode."""
-    try:
-        return remote_call("OPEN", partial_path, lambda: open_exclusive(session, partial_path, mode))
-    except RemoteRefused as error:
-        if error.reason != "permission denied" or remote_exists(session, partial_path) is None:
-            raise
-    remote_call("REMOVE", partial_path, lambda: session.remove(partial_path))
-    return remote_call("OPEN", partial_path, lambda: open_exclusive(session, partial_path, None))
-
-
-def write_all(remote, local_path: Path, partial_path: str) -> None:
-    """The file's bytes, a block at a time, with a safe point between blocks.
-    Not pipelined: paramiko drops a Failure answer to a pipelined write, and a
-    refused block in the middle would leave a hole the size check cannot see."""
-    written = 0
-    with open(local_path, "rb") as local:
-        while chunk := local.read(UPLOAD_CHUNK):
+        Only the operations needed: a leftover at the temporary name is removed
+        if one is there (or, if the server refuses, a fresh name is used); the
+        file is created exclusively (a planted link is never written through)
+        with its mode in the same request; a chmod is sent only if the server
+        gave another mode.  Until the final rename, a failure or a stop removes
+        the temporary file (after closing it: Windows servers keep an open file).
+        The rename, once begun, finishes whatever signal arrives.
+        """
+        self.restore_previous()
+        left = self.remove_leftover()
+        if left:  # never a blocked night: tonight's upload goes through a fresh temporary name
+            self.partial = f"{self.partial}.{os.urandom(4).hex()}"
+            self.notes.append(f"{left} (tonight's upload went through {self.partial})")
+        created = False
+        try:
+            with self.open_partial() as remote:
+                created = True
+                self.set_mode(remote)
+                self.write_all(remote, local_path)
             STOP.check()
-            try:
-                remote.write(chunk)
-            except OSError as error:
-                reason = refusal(error)
-                if reason is None:
-                    raise
-                raise RemoteWriteRefused(
-                    f"refused the write of {local_path.stat().st_size} bytes to {partial_path} after "
-                    f"{written} bytes ({reason})"
-                ) from None
-            written += len(chunk)
+            local_size = local_path.stat().st_size
+            partial_size = self.session.lstat(self.partial).st_size
+            if partial_size != local_size:
+                raise self.no_room(
+                    f"kept {partial_size} of the {local_size} bytes written in {self.remote_dir} (disk full or quota)"
+                )
+            final = self.exists(self.final)
+            if final is not None and stat.S_ISDIR(final.st_mode):
+                raise SftpError(
+                    f"the remote path {self.final} is a directory, so nothing was moved; "
+                    "remove it on the server or change output.file_name"
+                )
+            with STOP.deferred_section():
+                self.rename_over(replacing=final is not None)
+                created = False  # from here the file is tonight's final one
+                final = self.verify_final()
+        except BaseException as error:
+            left = self.remove_partial() if created else None
+            if left and isinstance(error, ExportError):
+                error.args = (f"{error}; {left}",)  # the one line says which file is left
+            elif left:
+                LOG.warning("%s", left)
+            raise
+        if final is not None and (not stat.S_ISREG(final.st_mode) or final.st_size != local_size):
+            raise SftpError(
+                f"{self.final} on the server is not the {local_size}-byte file just uploaded; "
+                "check the server's disk space and rerun"
+            )
+        self.size = local_size  # or, with final None, renamed into place before the connection went
+        return self.size
 
+    def verify_final(self):
+        """The final file's attributes after the rename; None, with a note, if the
+        server cannot say any more (the rename was answered: tonight's file is there)."""
+        try:
+            return self.session.lstat(self.final)
+        except Exception as error:  # a dropped connection, or the importer already took the file
+            self.notes.append(
+                f"tonight's file was renamed into place, but its size could not be checked ({foreign_text(error, 80)})"
+            )
+            return None
 
-def set_mode(remote, partial_path: str, mode: int) -> list[str]:
-    """chmod only if OPEN gave another mode; a refusal is a warning naming the mode the file has."""
-    with contextlib.suppress(OSError):
-        given = remote.stat().st_mode
-        if given is not None and stat.S_IMODE(given) == mode:
-            return []
-    try:
-        remote_call("SETSTAT", partial_path, lambda: remote.chmod(mode))
-        return []
-    except RemoteRefused as error:
+    def open_partial(self):
+        """The temporary file, created exclusively with its mode in the OPEN request.
+        A server that creates the file and then refuses to set the mode it was asked
+        for (ProFTPD's <Limit SITE_CHMOD> DenyAll) gets a plain OPEN instead: the
+        mode is then asked for, and reported, by set_mode."""
+        try:
+            return self.call(
+                "OPEN", self.partial, lambda: self.session.open_exclusive(self.partial, self.mode)
+            )
+        except RemoteRefused as error:
+            if error.reason != "permission denied" or self.exists(self.partial) is None:
+                raise
+        self.remove(self.partial)
+        return self.call("OPEN", self.partial, lambda: self.session.open_exclusive(self.partial, None))
+
+    def write_all(self, remote, local_path: Path) -> None:
+        """The file's bytes, a block at a time, with a safe point between blocks.
+        Not pipelined: paramiko drops a Failure answer to a pipelined write, and a
+        refused block in the middle would leave a hole the size check cannot see."""
+        written = 0
+        with open(local_path, "rb") as local:
+            while chunk := local.read(UPLOAD_CHUNK):
+                STOP.check()
+                try:
+                    remote.write(chunk)
+                except OSError as error:
+                    if (reason := refusal(error)) is None:
+                        raise
+                    raise self.no_room(
+                        f"refused the write of {local_path.stat().st_size} bytes to {self.partial} after "
+                        f"{written} bytes ({reason})"
+                    ) from None
+                written += len(chunk)
+
+    def set_mode(self, remote) -> None:
+        """chmod only if OPEN gave another mode; a refusal is a note naming the mode the file has."""
+        mode = self.mode
+        with contextlib.suppress(OSError):
+            given = remote.stat().st_mode
+            if given is not None and stat.S_IMODE(given) == mode:
+                return
+        try:
+            self.call("SETSTAT", self.partial, lambda: remote.chmod(mode))
+            return
+        except RemoteRefused as error:
+            refused = f"the server refused chmod {mode:o} on {self.partial} ({error.reason})"
         try:
             has = stat.S_IMODE(remote.stat().st_mode or 0)
         except OSError:
-            return [
-                f"the server refused chmod {mode:o} on {partial_path} ({error.reason}); its mode is unknown"
-            ]
+            self.notes.append(f"{refused}; its mode is unknown")
+            return
         wider = ", wider than asked: others may read student data" if has & ~mode else ""
-        return [
-            f"the server refused chmod {mode:o} on {partial_path} ({error.reason}); the file has mode "
-            f"{has:03o}{wider}"
-        ]
+        self.notes.append(f"{refused}; the file has mode {has:03o}{wider}")
 
-
-def remove_leftover(session, partial_path: str) -> str:
-    """A temporary file an earlier run left (a connection cut mid-upload) removed, as the
-    night and --check do; what to tell the admin if the server refuses its removal."""
-    if remote_exists(session, partial_path) is None:
+    def remove_leftover(self) -> str:
+        """A temporary file an earlier run left (a connection cut mid-upload) removed, as the
+        night and --check do; what to tell the admin if the server refuses its removal."""
+        if self.exists(self.partial) is None:
+            return ""
+        try:
+            self.remove(self.partial)
+        except RemoteRefused as error:
+            return f"{error}; {self.partial}, left by an earlier run, holds student data: delete it there"
         return ""
-    try:
-        remote_call("REMOVE", partial_path, lambda: session.remove(partial_path))
-    except RemoteRefused as error:
-        return f"{error}; {partial_path}, left by an earlier run, holds student data: delete it there"
-    return ""
 
-
-def remove_partial(session, partial_path: str) -> str | None:
-    """A failed or stopped upload leaves no copy of student data behind, if the
-    connection allows; what is left, if its removal was refused."""
-    try:
-        with STOP.deferred_section():  # after a stop too: a copy of student data left is worse
-            if remote_exists(session, partial_path) is not None:
-                session.remove(partial_path)
-    except OSError as error:
-        reason = refusal(error)
-        if reason is not None:
-            return f"the temporary file {partial_path} is left on the server (its removal was refused: {reason}); delete it there"
-    except Exception:  # the connection is gone: the next run removes it
+    def remove_partial(self) -> str | None:
+        """A failed or stopped upload leaves no copy of student data behind, if the
+        connection allows; what is left, if its removal was refused."""
+        try:
+            with STOP.deferred_section():  # after a stop too: a copy of student data left is worse
+                if self.exists(self.partial) is not None:
+                    self.remove(self.partial)
+        except RemoteRefused as error:
+            return (
+                f"the temporary file {self.partial} is left on the server (its removal was refused: "
+                f"{error.reason}); delete it there"
+            )
+        except Exception:  # the connection is gone: the next run removes it
+            return None
         return None
-    return None
 
-
-def rename_over(
-    session, partial_path: str, final_path: str, previous_path: str, replacing: bool, notes: list[str]
-) -> bool:
-    """Put the temporary file at the final name: posix-rename, or where the server
-    refuses it, move the old file aside (a dot-name the importer never reads)
-    first; whether that fallback was needed (a refused cleanup goes to `notes`)."""
-    try:
-        session.posix_rename(partial_path, final_path)
-        return False
-    except OSError as error:
-        if refusal(error) in (None, "no such file"):
+    def rename_over(self, replacing: bool) -> None:
+        """Put the temporary file at the final name: posix-rename, or where the server
+        refuses it, move the old file aside (a dot-name the importer never reads)
+        first (a refused cleanup goes to the notes)."""
+        try:
+            self.session.posix_rename(self.partial, self.final)
+            return
+        except OSError as error:
+            if refusal(error) in (None, "no such file"):
+                raise
+        self.moved_aside = True
+        if not replacing:
+            self.rename(self.partial, self.final)
+            return
+        if self.exists(self.previous) is not None:
+            self.remove(self.previous)
+        self.rename(self.final, self.previous)
+        try:
+            self.rename(self.partial, self.final)
+        except BaseException:
+            with contextlib.suppress(OSError, EOFError):
+                self.session.rename(self.previous, self.final)  # last night's file back
             raise
-    if not replacing:
-        remote_call("RENAME", partial_path, lambda: session.rename(partial_path, final_path),
-                    f"{partial_path} -> {final_path}")  # fmt: skip
-        return True
-    if remote_exists(session, previous_path) is not None:
-        remote_call("REMOVE", previous_path, lambda: session.remove(previous_path))
-    remote_call("RENAME", final_path, lambda: session.rename(final_path, previous_path),
-                f"{final_path} -> {previous_path}")  # fmt: skip
-    try:
-        remote_call("RENAME", partial_path, lambda: session.rename(partial_path, final_path),
-                    f"{partial_path} -> {final_path}")  # fmt: skip
-    except BaseException:
-        with contextlib.suppress(OSError, EOFError):
-            session.rename(previous_path, final_path)  # last night's file back
-        raise
-    try:
-        remote_call("REMOVE", previous_path, lambda: session.remove(previous_path))
-    except RemoteRefused as error:
-        notes.append(f"tonight's file is in place, but {error}; delete {previous_path} there")
-    return True
+        try:
+            self.remove(self.previous)
+        except RemoteRefused as error:
+            self.notes.append(f"tonight's file is in place, but {error}; delete {self.previous} there")
 
+    def restore_previous(self) -> None:
+        """A swap cut short (a killed run, a lost server) left no final file but the
+        moved-aside one: put it back before anything else."""
+        if self.exists(self.final) is not None or self.exists(self.previous) is None:
+            return
+        self.rename(self.previous, self.final)
+        self.notes.append(
+            f"{self.final} was missing after an interrupted swap; last night's file was put back from {self.previous}"
+        )
 
-def restore_previous(session, final_path: str, previous_path: str) -> list[str]:
-    """A swap cut short (a killed run, a lost server) left no final file but the
-    moved-aside one: put it back before anything else."""
-    if remote_exists(session, final_path) is not None or remote_exists(session, previous_path) is None:
-        return []
-    remote_call("RENAME", previous_path, lambda: session.rename(previous_path, final_path),
-                f"{previous_path} -> {final_path}")  # fmt: skip
-    return [
-        f"{final_path} was missing after an interrupted swap; last night's file was put back from {previous_path}"
-    ]
-
-
-def open_exclusive(session, path: str, mode: int | None):
-    """Create `path` for writing, failing if anything stands there, with `mode`
-    sent in the same request: the file is never readable by others, not even
-    empty.  (paramiko's open() sends no permissions, so the server's umask would
-    decide until a chmod.)"""
-    from paramiko.sftp import CMD_HANDLE, CMD_OPEN, SFTP_FLAG_CREATE, SFTP_FLAG_EXCL, SFTP_FLAG_WRITE
-    from paramiko.sftp_attr import SFTPAttributes
-    from paramiko.sftp_file import SFTPFile
-
-    attributes = SFTPAttributes()
-    if mode is not None:
-        attributes.st_mode = mode
-    client = session.target
-    kind, message = session._request(
-        CMD_OPEN, client._adjust_cwd(path), SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_EXCL, attributes
-    )
-    if kind != CMD_HANDLE:
-        raise OSError(f"unexpected answer to open {path}")
-    return session.file(SFTPFile(client, message.get_binary(), "wb", -1))
+    def leftovers(self, moved_aside: bool) -> list[str]:
+        """--check on the real files: a swap cut short, and leftovers in the folder.
+        A leftover moved-aside file is in the way of a night that must move the old
+        file aside (no posix-rename): it is removed here as the night would, and a
+        refusal fails --check with the night's own message."""
+        notes = []
+        if self.exists(self.previous) is not None:
+            if self.exists(self.final) is None:
+                notes.append(
+                    f"{self.final} is missing after an interrupted swap; the next run puts {self.previous} back"
+                )
+            elif moved_aside:
+                self.remove(self.previous)
+                notes.append(f"{self.previous} was left from an earlier run; removed, as the next run would")
+            else:
+                notes.append(
+                    f"{self.previous} is left from an earlier run (its delete was refused); delete it there"
+                )
+        if left := self.remove_leftover():
+            notes.append(f"{left} (the night uploads through another temporary name)")
+        return notes
 
 
 def upload(
     local_path: Path, sftp: SftpSettings, login: SftpLogin, profile: Profile, retry: RetryPolicy
-) -> Placement:
+) -> RemoteFile:
     """Upload with retries for network failures (never after a stop, never for a refusal)."""
     for attempt in range(1, retry.attempts + 1):
         STOP.check()
         try:
             session = open_sftp(sftp, login)
             try:
-                return put_atomically(
-                    session, local_path, profile.remote_dir, profile.file_name, profile.remote_mode
-                )
+                remote = RemoteFile(session, profile.remote_dir, profile.file_name, profile.remote_mode)
+                remote.put(local_path)
+                return remote
             except BaseException as error:
                 raise sftp_failure(error, sftp, login.known, remote_dir=profile.remote_dir) from None
             finally:
@@ -3250,52 +3264,33 @@ def upload(
 PROBE_NAME = ".clever_export_check.txt"  # --check's file: no student data, a dot-name the importer skips
 
 
-def remote_leftovers(session, remote_dir: str, final_name: str, moved_aside: bool) -> list[str]:
-    """--check on the real files: a swap cut short, and leftovers in the folder.
-    A leftover moved-aside file is in the way of a night that must move the old
-    file aside (no posix-rename): it is removed here as the night would, and a
-    refusal fails --check with the night's own message."""
-    final, partial, previous = remote_paths(remote_dir, final_name)
-    notes = []
-    if remote_exists(session, previous) is not None:
-        if remote_exists(session, final) is None:
-            notes.append(f"{final} is missing after an interrupted swap; the next run puts {previous} back")
-        elif moved_aside:
-            remote_call("REMOVE", previous, lambda: session.remove(previous))
-            notes.append(f"{previous} was left from an earlier run; removed, as the next run would")
-        else:
-            notes.append(f"{previous} is left from an earlier run (its delete was refused); delete it there")
-    left = remove_leftover(session, partial)
-    if left:
-        notes.append(f"{left} (the night uploads through another temporary name)")
-    return notes
-
-
 def probe_remote_dir(session, sftp: SftpSettings, profile: Profile) -> list[str]:
     """--check: the night's exact remote sequence on a probe file holding no
     student data (create with the mode, write, chmod if needed, rename over an
     existing file, with the fallback), the probe removed, then the real files
     looked at as the night will find them; returns warnings."""
     remote_dir, mode = profile.remote_dir, profile.remote_mode
+    first, over = (RemoteFile(session, remote_dir, PROBE_NAME, mode) for _ in range(2))
     with tempfile.TemporaryDirectory() as folder:
         probe = Path(folder) / "probe"
         probe.write_bytes(b"clever_export --check: a probe file, no student data\n")
         try:
-            notes = put_atomically(session, probe, remote_dir, PROBE_NAME, mode).notes
-            over = put_atomically(session, probe, remote_dir, PROBE_NAME, mode)  # over an existing file
-            final = posixpath.join(remote_dir, PROBE_NAME)
+            first.put(probe)
+            over.put(probe)  # over an existing file
             try:
-                remote_call("REMOVE", final, lambda: session.remove(final))
+                over.remove(over.final)
             except RemoteRefused as error:
-                notes.append(f"{error}; the probe file {final} is left (a night does not need to delete it)")
-            notes += over.notes + remote_leftovers(session, remote_dir, profile.file_name, over.moved_aside)
+                over.notes.append(
+                    f"{error}; the probe file {over.final} is left (a night does not need to delete it)"
+                )
+            night = RemoteFile(session, remote_dir, profile.file_name, mode)
+            notes = first.notes + over.notes + night.leftovers(over.moved_aside)
         except BaseException as error:
             failure = sftp_failure(error, sftp, remote_dir=remote_dir)
-            probe = posixpath.join(remote_dir, PROBE_NAME)
             with contextlib.suppress(Exception):
-                if isinstance(failure, ExportError) and remote_exists(session, probe) is not None:
+                if isinstance(failure, ExportError) and over.exists(over.final) is not None:
                     failure.args = (
-                        f"{failure}; the probe file {probe} (no student data) is left: delete it there",
+                        f"{failure}; the probe file {over.final} (no student data) is left: delete it there",
                     )
             raise failure from None
     return list(dict.fromkeys(notes))
@@ -3800,9 +3795,9 @@ def publish(
     else:
         last = state.require().last_upload
         check_guard(summary.exported, last.students if last else None, options.max_drop_percent)
-    placement = upload(options.output_path, sftp, prepared.login, profile, options.retry)
-    remote_size = placement.size
-    for note in placement.notes:
+    remote = upload(options.output_path, sftp, prepared.login, profile, options.retry)
+    remote_size = remote.size
+    for note in remote.notes:
         LOG.warning("%s", note)
     record.remote_path = f"{sftp.host}:{posixpath.join(profile.remote_dir, profile.file_name)}"
     LOG.info("uploaded to %s (%d bytes)", record.remote_path, remote_size)
