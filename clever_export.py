@@ -878,8 +878,8 @@ class RedactTracebacks(logging.Filter):
 
 STOP_SECONDS = 10.0  # a stopped run ends within this, whatever it was waiting on (docs/running.md)
 STOP_GRACE_SECONDS = 2.0  # a call under way when the stop comes may finish within this; then it is cut
-DEFERRED_SECONDS = 4.0  # a rename on the server, once sent, may finish within this after a stop
-REPORTS_END_SECONDS = 8.5  # after a stop, the alerts and the ping share the time up to this
+DEFERRED_SECONDS = 7.0  # a rename on the server, once sent, may finish within this after a stop
+REPORTS_END_SECONDS = 9.0  # after a stop, the alerts and the ping share the time up to this
 CLOSE_SECONDS = 2.0  # closing a connection: a peer that stalls is left behind
 CANCEL_WAIT_SECONDS = 1.0  # a call cut short ends (a query interrupted on the database) within this
 POLL_SECONDS = 0.05
@@ -888,9 +888,9 @@ POLL_SECONDS = 0.05
 class Terminated(BaseException):
     """SIGTERM or SIGINT, acted on at a safe point (a BaseException: no handler swallows it)."""
 
-    def __init__(self, signum: int, uploaded: bool = False):
+    def __init__(self, signum: int, uploaded: bool | None = False):
         super().__init__(signum)
-        self.signum, self.uploaded = signum, uploaded
+        self.signum, self.uploaded = signum, uploaded  # None: cut in the rename on the server
 
 
 class StopRequest:
@@ -1003,7 +1003,14 @@ def bounded(
 def together(*calls: Callable[[], Any]) -> None:
     """Calls that each end by their own deadline (bounded), made at once: the
     alerts and the ping take as long as the slowest of them, not their sum."""
-    workers = [threading.Thread(target=call, daemon=True) for call in calls]
+
+    def guarded(call: Callable[[], Any]) -> None:
+        try:
+            call()
+        except Exception:  # a bug in a report: the log has it, the run's one line stays one
+            FILE_LOG.exception("a report failed")
+
+    workers = [threading.Thread(target=guarded, args=(call,), daemon=True) for call in calls]
     for worker in workers:
         worker.start()
     for worker in workers:
@@ -2657,7 +2664,8 @@ def load_client_key(sftp: SftpSettings):
     refuse_if_shared(path, f"{name} {path}")
     passphrase = sftp.key_passphrase.reveal().encode("utf-8") if sftp.key_passphrase else None
     try:
-        return paramiko.PKey.from_path(str(path), passphrase)
+        # Decrypting a key with many KDF rounds takes seconds: a stop does not wait for it.
+        return bounded(lambda: paramiko.PKey.from_path(str(path), passphrase), f"decrypting {name}", math.inf)
     except (paramiko.SSHException, ValueError, TypeError) as error:
         failure = error
     if passphrase is not None:
@@ -2852,7 +2860,8 @@ class SftpSession:
         return self
 
     def __exit__(self, *exc_info) -> None:
-        self.close()  # a file's: a request too
+        with STOP.deferred_section():  # a file's close, after a stop too: before its removal
+            self.close()
 
 
 def host_key_failure(error, sftp: SftpSettings, known: KnownHosts | None) -> SftpError:
@@ -3058,8 +3067,13 @@ class RemoteFile:
                     f"the remote path {self.final} is a directory, so nothing was moved; "
                     "remove it on the server or change output.file_name"
                 )
+            STOP.check()  # the last safe point: once sent, the rename is waited for
             with STOP.deferred_section():
-                self.rename_over(replacing=final is not None)
+                try:
+                    self.rename_over(replacing=final is not None)
+                except Terminated as stop:
+                    stop.uploaded = None  # cut in the rename: whether it happened is unknown
+                    raise
                 created = False  # from here the file is tonight's final one
                 final = self.verify_final()
         except BaseException as error:
@@ -3082,7 +3096,7 @@ class RemoteFile:
         server cannot say any more (the rename was answered: tonight's file is there)."""
         try:
             return self.session.lstat(self.final)
-        except Exception as error:  # a dropped connection, or the importer already took the file
+        except (Exception, Terminated) as error:  # a dropped connection, the importer took the file, a stop
             self.notes.append(
                 f"tonight's file was renamed into place, but its size could not be checked ({foreign_text(error, 80)})"
             )
@@ -3254,7 +3268,9 @@ def upload(
             LOG.warning(
                 "upload attempt %d of %d failed: %s; retrying in %gs", attempt, retry.attempts, error, wait
             )
-            STOP.wake.wait(wait)
+            until = time.monotonic() + wait
+            while not STOP.wake.wait(POLL_SECONDS) and time.monotonic() < until:
+                pass  # in slices: on Windows a signal's handler runs only between waits
         except ExportError:
             STOP.check()  # a stop that cut the connection is the outcome, not the cut
             raise
@@ -3487,6 +3503,8 @@ def close_logging() -> None:
             with contextlib.suppress(Exception):  # a full disk: handleError already warned once
                 handler.close()
             logger.removeHandler(handler)
+        # Without a log, a line goes nowhere: never to stderr by logging's last resort.
+        logger.addHandler(logging.NullHandler())
 
 
 def ping_host(url: str) -> str:
@@ -3503,12 +3521,14 @@ def ping(
     """Healthchecks-style ping, bounded; a monitoring outage must not fail the export."""
     if not url or (suffix and is_heartbeat(url)):
         return
-    request = (
-        urllib.request.Request(url)  # a heartbeat: a GET, as given
-        if is_heartbeat(url)
-        else urllib.request.Request(url.rstrip("/") + suffix, data=body.encode("utf-8"), method="POST")
-    )
     try:
+        request = (
+            urllib.request.Request(url)  # a heartbeat: a GET, as given
+            if is_heartbeat(url)
+            else urllib.request.Request(
+                url.rstrip("/") + suffix, data=body.encode("utf-8", "replace"), method="POST"
+            )
+        )
         bounded(
             lambda: urllib.request.urlopen(request, timeout=timeout).close(),
             f"the monitoring ping to {ping_host(url)}", timeout, stoppable=stoppable,
@@ -4562,7 +4582,11 @@ def failure_outcome(error: BaseException) -> Outcome:
             EXIT_INTERRUPTED if interrupted else EXIT_TERMINATED,
             f"{how} after tonight's file was uploaded and recorded"
             if uploaded
-            else f"{how}; nothing was uploaded after the stop",
+            else f"{how}; nothing was uploaded after the stop"
+            if uploaded is False
+            else f"{how} while the server renamed tonight's file into place, which did not answer in time: "
+            "whether tonight's or last night's file is there is unknown (--check tells, and the next run "
+            "puts last night's back if the final name is empty)",
         )
     if isinstance(error, OSError) and error.filename is not None and error.errno is not None:
         return Outcome(  # a path the account cannot reach, a name too long: the set-up, not a bug
@@ -4649,7 +4673,7 @@ class Invocation:
         options, args = self.options, self.args
         lines = "\n".join(self.recent.lines) if self.recent else ""
         if code == EXIT_OK and self.summary is not None:
-            calls = [lambda: ping(options.ping_url, "", lines, options.timeout, stoppable=False)]
+            calls = [lambda: ping(options.ping_url, "", lines, args.timeout, stoppable=False)]
             if options.notify_success:
                 calls.append(lambda: notify(options, EXIT_OK, self.summary.line(0).rpartition(",")[0]))
         elif self.outcome is not None and self.outcome.alert:

@@ -313,6 +313,7 @@ class SftpServer:
     (servers that ignore OPEN's attributes); None honours the request.
     signal_at: (operation, n): when the n-th such operation arrives, send
     signal_number to signal_pid (the client run) before answering it.
+    slow: rename or posix_rename -> seconds the server waits after doing it, before answering.
     """
 
     username = "clever"
@@ -348,6 +349,7 @@ class SftpServer:
         self.signal_pid: int | None = None
         self.signal_number = signal.SIGTERM
         self.operations: list[str] = []
+        self.slow: dict[str, float] = {}  # operation -> seconds before its answer
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -414,7 +416,9 @@ class SftpServer:
 
             def rename(self, oldpath, newpath):
                 hooked("rename")
-                return super().rename(oldpath, newpath)
+                done = super().rename(oldpath, newpath)
+                time.sleep(fixture.slow.get("rename", 0))  # done, then answered late (the server waits)
+                return done
 
             def write(self, file_obj, offset, data):
                 hooked("write")
@@ -438,6 +442,10 @@ class SftpServer:
                 hooked("posix_rename")
                 if not fixture.posix_rename:
                     raise asyncssh.SFTPOpUnsupported("posix-rename not supported")
+                if fixture.slow.get("posix_rename"):
+                    done = super().posix_rename(oldpath, newpath)
+                    time.sleep(fixture.slow["posix_rename"])  # done, then answered late
+                    return done
                 return super().posix_rename(oldpath, newpath)
 
         return await asyncssh.create_server(

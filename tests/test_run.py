@@ -13,6 +13,7 @@ from conftest import (
     big_export,
     many_students,
     one_line,
+    posix_paths,
     posix_signals,
     remote_names,
     run_main,
@@ -528,3 +529,21 @@ def test_a_run_as_root_in_a_set_up_another_account_owns_is_refused_before_it_wri
     for path in (app.root, *app.root.rglob("*")):
         shutil.chown(path, 0, 0)  # a set-up root owns (root's own cron job) runs
     assert app.run("--sqlite", str(database), "--no-upload").returncode == 0
+
+
+def test_a_failure_message_that_is_not_utf8_still_pings_fail_without_a_traceback(app, ping_server):
+    result = app.run(
+        "--sqlite", "/tmp/\udcff-missing.sqlite", "--no-upload", "-q", "--ping-url", ping_server.url
+    )
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr and "Exception in thread" not in result.stderr
+    assert [path for path, _ in ping_server.pings] == ["/ping/abc/start", "/ping/abc/fail"]
+
+
+@posix_paths
+def test_quiet_with_no_log_and_a_failing_alert_prints_one_line(app, db):
+    env = {"CLEVER_NOTIFY": "json://127.0.0.1:1/never"}
+    result = app.run(
+        "--sqlite", str(db([Student(1)])), "--no-upload", "-q", "--log-file", "/proc/clever.log", env=env
+    )
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr

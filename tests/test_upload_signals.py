@@ -149,3 +149,35 @@ def test_fifty_random_sigterms_never_lose_the_file(uploading_app, sftp_server, d
         previous = final
     assert stopped >= 20  # the signals landed: most runs were stopped, not finished
     assert time.monotonic() - started < 120
+
+
+@pytest.mark.parametrize("posix_rename", [True, False], ids=["posix-rename", "move-aside"])
+def test_a_stop_during_a_rename_the_server_answers_late_records_tonights_upload(
+    uploading_app, sftp_server, db, posix_rename
+):
+    app = uploading_app
+    last_night, tonight = nights(app, db)
+    first_night(app, sftp_server, last_night)
+    sftp_server.posix_rename = posix_rename
+    operation = "posix_rename" if posix_rename else "rename"
+    sftp_server.slow[operation] = 5.0  # past the stop's 2 s grace, inside its 7 s for a rename
+    code, stderr, seconds = run_with_signal(
+        app, sftp_server, tonight, operation, nth=1 if posix_rename else 2, timeout=10
+    )
+    assert code == 143 and "after tonight's file was uploaded and recorded" in stderr, stderr
+    assert seconds < 5 + 12
+    assert sftp_server.remote().read_bytes() == app.output.read_bytes()
+    assert remote_names(sftp_server) == ["raceethnicity.txt"]
+    upload = state_of(app)["last_upload"]
+    assert upload["sent_sha256"] == hashlib.sha256(app.output.read_bytes()).hexdigest()
+
+
+def test_a_stop_during_the_writes_closes_the_temporary_file_before_removing_it(
+    uploading_app, sftp_server, db
+):
+    app = uploading_app
+    code, stderr, _ = run_with_signal(app, sftp_server, nights(app, db)[0], "write")
+    assert code == 143 and len(stderr.strip().splitlines()) == 1, stderr
+    after = sftp_server.operations[sftp_server.operations.index("write") :]
+    assert "close" in after and "remove" in after and after.index("close") < after.index("remove"), after
+    assert remote_names(sftp_server) == []
