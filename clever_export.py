@@ -366,9 +366,7 @@ def load_profile(config_path: Path | None) -> Profile:
             # A byte-order mark (Notepad's UTF-8) is not TOML; drop it.
             document = tomllib.loads(config_file.read().decode("utf-8").removeprefix("\ufeff"))
     except OSError as error:
-        raise ConfigError(
-            f"cannot read config file {config_path}: {error.strerror}; check --config"
-        ) from None
+        raise unusable(f"cannot read config file {config_path}", config_path, error, "--config") from None
     except UnicodeDecodeError:
         raise ConfigError(
             f"config file {config_path} is not UTF-8 text; save it as UTF-8 (check --config)"
@@ -643,10 +641,8 @@ def read_env_file(path: Path) -> dict[str, str]:
         text = path.read_bytes().decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError:
         raise ConfigError(f"env file {path} is not UTF-8 text; save it as UTF-8") from None
-    except PermissionError:
-        raise ConfigError(f"env file {path} cannot be read (permission denied); {give_back(path)}") from None
     except OSError as error:
-        raise ConfigError(f"env file {path} cannot be read ({error.strerror}); check its owner") from None
+        raise unusable(f"cannot read the env file {path}", path, error, "--env-file") from None
     for number, line in enumerate(text.splitlines(), 1):
         if "\ufeff" in line:  # two files pasted together: the second one's BOM
             raise ConfigError(
@@ -1328,9 +1324,28 @@ class Database:
     def __init__(self, connection, timeout: float):
         self.connection, self.timeout = connection, timeout
 
-    def call(self, action: Callable[[], Any], what: str) -> Any:
-        fix = "check the database's load, or raise --timeout"
-        return bounded(action, what, self.timeout, DatabaseError, self.cancel, fix)
+    def call(self, action: Callable[[], Any], what: str, failure: str) -> Any:
+        """One call; the database's own error becomes `failure` with its message."""
+        try:
+            fix = "check the database's load, or raise --timeout"
+            return bounded(action, what, self.timeout, DatabaseError, self.cancel, fix)
+        except ExportError:
+            raise
+        except Exception as error:
+            raise DatabaseError(failure.format(database_message(error))) from None
+
+    def run(self, sql: str, what: str, failure: str, fetch_all: bool = False):
+        """A cursor with `sql` executed (its rows fetched, for a probe), closed if that fails."""
+        cursor = self.connection.cursor()
+        cursor.arraysize = FETCH_ARRAYSIZE
+        if hasattr(cursor, "prefetchrows"):  # oracledb; sqlite3 has no such thing
+            cursor.prefetchrows = FETCH_ARRAYSIZE
+        try:
+            self.call(lambda: (cursor.execute(sql), fetch_all and cursor.fetchall()), what, failure)
+        except BaseException:
+            close_quietly(cursor)
+            raise
+        return cursor
 
     def cancel(self) -> None:
         (getattr(self.connection, "cancel", None) or self.connection.interrupt)()
@@ -1340,71 +1355,43 @@ class Database:
             bounded(self.connection.close, "closing the database connection", CLOSE_SECONDS, stoppable=False)
 
 
+def close_quietly(cursor) -> None:
+    with contextlib.suppress(Exception):  # a cursor a cut call left behind
+        cursor.close()
+
+
 def stream_batches(database: Database, statement: ExportStatement) -> Iterator[list[tuple]]:
     """Execute the statement once; return an iterator over its rows in batches
     of FETCH_ARRAYSIZE (the caller loops over each batch: no layer per row)."""
-    cursor = database.connection.cursor()
-    cursor.arraysize = FETCH_ARRAYSIZE
-    if hasattr(cursor, "prefetchrows"):  # oracledb; sqlite3 has no such thing
-        cursor.prefetchrows = FETCH_ARRAYSIZE
-    try:
-        database.call(lambda: cursor.execute(statement.sql), "the export query")
-    except Exception as error:
-        with contextlib.suppress(Exception):
-            cursor.close()
-        if isinstance(error, ExportError):
-            raise
-        raise DatabaseError(
-            f"the export query failed: {database_message(error)}; check students.query "
-            "in your profile (or the built-in one) and the account's read access to its tables"
-        ) from None
+    cursor = database.run(
+        statement.sql, "the export query", "the export query failed: {}; check students.query in your "
+        "profile (or the built-in one) and the account's read access to its tables",
+    )  # fmt: skip
     return _fetch_batches(database, cursor)
 
 
 def _fetch_batches(database: Database, cursor) -> Iterator[list[tuple]]:
     try:
-        while True:
-            batch = database.call(lambda: cursor.fetchmany(FETCH_ARRAYSIZE), "reading the query's rows")
-            if not batch:
-                return
+        while batch := database.call(
+            lambda: cursor.fetchmany(FETCH_ARRAYSIZE), "reading the query's rows",
+            "reading the export query's rows failed: {}",
+        ):  # fmt: skip
             yield batch
-    except ExportError:
-        raise
-    except Exception as error:
-        raise DatabaseError(f"reading the export query's rows failed: {database_message(error)}") from None
     finally:
-        with contextlib.suppress(Exception):  # a cursor a cut call left behind
-            cursor.close()
+        close_quietly(cursor)
 
 
 def probe_table(database: Database, table: str) -> None:
     """Prove a table readable (for --check) without reading a row."""
-    cursor = database.connection.cursor()
-    try:
-        database.call(lambda: cursor.execute(f"SELECT * FROM {table} WHERE 1 = 0"), f"reading {table}")
-    except ExportError:
-        raise
-    except Exception as error:
-        raise DatabaseError(
-            f"cannot read {table}: {database_message(error)}; grant SELECT to the read user"
-        ) from None
-    finally:
-        with contextlib.suppress(Exception):  # a cursor a cut call left behind
-            cursor.close()
+    close_quietly(database.run(f"SELECT * FROM {table} WHERE 1 = 0", f"reading {table}",
+                               f"cannot read {table}: {{}}; grant SELECT to the read user"))  # fmt: skip
 
 
 def probe_query(database: Database, sql: str, mode: str) -> None:
     """Have the database parse and plan `sql` fully, returning no rows (for --check)."""
-    cursor = database.connection.cursor()
-    try:
-        database.call(lambda: (cursor.execute(probe_statement(sql)), cursor.fetchall()), f"the {mode} query")
-    except ExportError:
-        raise
-    except Exception as error:
-        raise DatabaseError(f"the {mode} query fails: {database_message(error)}") from None
-    finally:
-        with contextlib.suppress(Exception):  # a cursor a cut call left behind
-            cursor.close()
+    close_quietly(
+        database.run(probe_statement(sql), f"the {mode} query", f"the {mode} query fails: {{}}", True)
+    )
 
 
 def database_message(error: BaseException, limit: int = 300) -> str:
@@ -2096,6 +2083,16 @@ def export_lines(batches: Iterable[list[tuple]], mapper: StudentMapper, changed_
 OWNER_ONLY = 0o600  # student data: the service account alone reads it (Linux/macOS)
 
 
+def unusable(what: str, path: Path | str, error: OSError, flag: str) -> ConfigError:
+    """The one line for a file or folder `path` this run cannot use: `what` it could not
+    do, the system's reason, and the fix: a refusal is the owner's to put right
+    (give_back); anything else (a full disk, a name too long) wants another path."""
+    reason = "does not exist" if isinstance(error, FileNotFoundError) else error.strerror or error
+    owner = f"{give_back(Path(path))}, or " if isinstance(error, PermissionError) else ""
+    other = f"choose another with {flag}" if flag.startswith("--") else f"check {flag}"
+    return ConfigError(f"{what} ({reason}); {owner}{other}")
+
+
 def give_back(path: Path) -> str:
     """The fix for a file (or the folder it would go in) this account is refused,
     by its owner: root's, after a run as root, is given back with the command
@@ -2215,15 +2212,8 @@ def temporary_beside(path: Path, flag: str) -> tuple[int, str]:
     make_folder(path, flag)
     try:
         return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except PermissionError as error:
-        raise ConfigError(
-            f"cannot create a file in {path.parent} ({error.strerror}); the account that runs the job "
-            f"must own that folder ({give_back(path.parent)}), or choose another with {flag}"
-        ) from None
     except OSError as error:
-        raise ConfigError(
-            f"cannot create a file in {path.parent} ({error.strerror}); choose another with {flag}"
-        ) from None
+        raise unusable(f"cannot create a file in {path.parent}", path.parent, error, flag) from None
 
 
 def make_folder(path: Path, flag: str) -> None:
@@ -2235,10 +2225,7 @@ def make_folder(path: Path, flag: str) -> None:
     try:
         make_owner_only_folders(folder)
     except OSError as error:
-        raise ConfigError(
-            f"cannot create {path}: its folder cannot be created ({error.strerror}); create it for the "
-            f"account that runs the job, or fix {flag}"
-        ) from None
+        raise unusable(f"cannot create the folder of {path}", path, error, flag) from None
 
 
 def make_owner_only_folders(folder: Path) -> None:
@@ -2266,10 +2253,7 @@ def probe_folder(path: Path, flag: str) -> None:
             probe.flush()
             os.fsync(probe.fileno())
     except OSError as error:
-        raise ConfigError(
-            f"cannot write in {path.parent} ({error.strerror}); free disk space or fix the folder, "
-            f"or choose another with {flag}"
-        ) from None
+        raise unusable(f"cannot write in {path.parent}", path.parent, error, flag) from None
     finally:
         with contextlib.suppress(OSError):
             os.unlink(temp_name)
@@ -2398,11 +2382,8 @@ class State:
             document = json.loads(path.read_text(encoding="utf-8-sig"))
         except FileNotFoundError:
             return state
-        except PermissionError:  # not damaged: an owner problem (exit 2), and --force is not its fix
-            state.problem = ConfigError(
-                f"state file {path} cannot be read (permission denied); the account that runs the job "
-                f"must own it ({give_back(path)}), or choose another with --state-file"
-            )
+        except PermissionError as error:  # not damaged: an owner problem (exit 2), and --force is not its fix
+            state.problem = unusable(f"cannot read the state file {path}", path, error, "--state-file")
             return state
         except (OSError, ValueError) as error:
             state.problem = GuardError(
@@ -2556,10 +2537,7 @@ def read_known_hosts(sftp: SftpSettings) -> KnownHosts:
             "recreate it with the line --show-host-key prints"
         ) from None
     except OSError as error:
-        raise ConfigError(
-            f"known_hosts file {path} cannot be read ({error.strerror}); give the account "
-            "that runs the job read access to it"
-        ) from None
+        raise unusable(f"cannot read known_hosts file {path}", path, error, "--known-hosts") from None
     entries, revoked = [], []
     for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
@@ -2650,12 +2628,8 @@ def load_client_key(sftp: SftpSettings):
         raise ConfigError(f"{name} {path} is a directory; point it at the private key file")
     try:
         head = path.read_bytes()[:64]
-    except FileNotFoundError:
-        raise ConfigError(f"{name} {path} does not exist; check the path") from None
-    except PermissionError:
-        raise ConfigError(f"{name} {path} cannot be read (permission denied); {give_back(path)}") from None
     except OSError as error:
-        raise ConfigError(f"{name} {path} cannot be read ({error.strerror}); check its owner") from None
+        raise unusable(f"cannot read {name} {path}", path, error, name) from None
     if head.startswith(b"PuTTY-User-Key-File"):
         raise ConfigError(
             f"{name} {path} is a PuTTY .ppk key; convert it to OpenSSH format with "
@@ -3356,16 +3330,8 @@ class RunLock:
                 f"another clever_export run holds {self.path}; this run did nothing. "
                 "If runs overlap every night, schedule them further apart"
             ) from None
-        except PermissionError:
-            raise ConfigError(
-                f"cannot open lock file {self.path} (permission denied): it or its folder belongs to "
-                f"another account ({give_back(self.path)}), or choose another with --lock-file"
-            ) from None
         except OSError as error:
-            raise ConfigError(
-                f"cannot create lock file {self.path} ({error.strerror}); give the account that runs "
-                "the job write access to its folder, or choose another with --lock-file"
-            ) from None
+            raise unusable(f"cannot open lock file {self.path}", self.path, error, "--lock-file") from None
         with contextlib.suppress(OSError):
             narrow_to_owner(self.path)
         return self
@@ -3451,15 +3417,8 @@ def setup_logging(log_path: Path, verbose: bool, quiet: bool) -> RecentLines:
     try:
         make_owner_only_folders(log_path.parent)
         log_file = OwnerOnlyLog(log_path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8")
-    except PermissionError as error:
-        raise ConfigError(
-            f"cannot write log file {log_path} ({error.strerror}); the account that runs the job must "
-            f"own it ({give_back(log_path)}), or choose another with --log-file"
-        ) from None
     except OSError as error:
-        raise ConfigError(
-            f"cannot write log file {log_path} ({error.strerror}); choose another with --log-file"
-        ) from None
+        raise unusable(f"cannot write log file {log_path}", log_path, error, "--log-file") from None
     for backup in range(1, LOG_BACKUPS + 1):  # rotated copies an older version left wider
         with contextlib.suppress(OSError):
             narrow_to_owner(f"{log_path}.{backup}")
@@ -4509,10 +4468,7 @@ def check_writable_path(flag: str, path: Path) -> None:
             if parent.exists() and not parent.is_dir():
                 raise ConfigError(f"{flag} {path} cannot be created: {parent} is a file, not a folder")
     except OSError as error:  # a folder the account cannot enter, a name too long
-        raise ConfigError(
-            f"{flag} {path} cannot be reached ({error.strerror}); the account that runs the job needs "
-            "access to its folder, or choose another path"
-        ) from None
+        raise unusable(f"{flag} {path} cannot be reached", path, error, flag) from None
 
 
 def same_file(a: Path, b: Path) -> bool:
