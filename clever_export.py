@@ -548,6 +548,11 @@ class SftpSettings:
     key_passphrase: Secret | None
     known_hosts_path: Path
     timeout: float
+    key: Secret | None = None  # the key itself, from Windows Credential Manager (D118_SFTP_KEY)
+
+    @property
+    def logs_in_with_a_key(self) -> bool:
+        return self.key_file is not None or self.key is not None
 
     @property
     def known_hosts_name(self) -> str:
@@ -563,18 +568,19 @@ class RetryPolicy:
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """Connection settings: KEY=value lines of the env file, and the process
-    environment's variables of the same names.
-
-    One precedence rule: a process variable with a value wins over the file
-    (--check warns, since a variable left from an old set-up wins silently);
-    an empty or blank process variable never hides the file's value.
+    """Connection settings: the process environment, the platform's sealed store
+    (systemd credentials, Windows Credential Manager) and KEY=value lines of the
+    env file, in that order of precedence: the first place that holds a setting
+    wins (an empty or blank process variable holds nothing).  --check lists each
+    setting's place and warns where two places disagree, since a value left from
+    an old set-up would win silently, and where a secret sits in the env file
+    while the sealed store is there to hold it.
     """
 
     values: dict[str, str]
     sources: dict[str, str]  # each known setting -> where it came from (never its value)
     env_file: Path | None = None
-    overridden: tuple[str, ...] = ()  # set in both: the process environment's won
+    warnings: tuple[str, ...] = ()  # for --check
 
     def override(self, name: str, value: str, source: str) -> Settings:
         """A flag that stands for a setting (--oracle-client), for this run."""
@@ -599,36 +605,215 @@ SETTINGS: dict[str, tuple[str, bool]] = {
     "D118_SFTP_KEY_FILE": ("private key file, OpenSSH format, mode 600 (relative: beside the script)", False),
     "D118_SFTP_KEY_PASSPHRASE": ("the key's passphrase, if it has one", True),
     "CLEVER_NOTIFY": ("Apprise URL(s) alerted when a run fails (see docs/alerts.md)", True),
+    "D118_SFTP_KEY": ("the private key itself, in place of D118_SFTP_KEY_FILE: sealed store only", True),
 }
 SETTING_NAMES = tuple(SETTINGS)
+SECRETS = tuple(name for name, (_, secret) in SETTINGS.items() if secret)
+CREDENTIAL_TARGET = "clever-export:{}"  # a secret's name in Windows Credential Manager
 
 
 def read_settings(env_file: Path | None, environ: dict[str, str]) -> Settings:
-    """The env file (clever_export.env beside the script, or --env-file) under the
-    process environment, by the one precedence rule of Settings."""
+    """The process environment, the sealed store and the env file (clever_export.env
+    beside the script, or --env-file), by the one precedence rule of Settings."""
     named = env_file is not None
     path = beside_script(env_file if named else DEFAULT_ENV_FILE)
-    from_file: dict[str, str] = {}
-    if named or path.exists():
-        from_file = read_env_file(path)
-    else:
-        path = None
-    given = {name: value for name, value in environ.items() if value.strip()}
-    for name, value in {**from_file, **given}.items():
-        if name in SETTING_NAMES and not value.isprintable():  # control characters, or bytes not UTF-8
-            raise ConfigError(  # never the value: it may be a password
-                f"{name} holds characters that are not printable UTF-8 text; set it again "
-                f"({'in the process environment' if name in given else f'in the env file {path}'})"
-            )
-    values = {**from_file, **given}
-    label = str(path) if path else ""
-    sources = {
-        name: "process environment" if name in given else f"env file {label}"
-        for name in SETTING_NAMES
-        if name in values
+    exists = named or path.exists()
+    from_file = read_env_file(path) if exists else {}
+    store, sealed = read_sealed(environ)
+    places = {
+        "process environment": {name: value for name, value in environ.items() if value.strip()},
+        store: sealed,
+        "env file": from_file,
     }
-    overridden = tuple(name for name in SETTING_NAMES if name in given and name in from_file)
-    return Settings(values, sources, path, overridden)
+    values: dict[str, str] = {}
+    sources: dict[str, str] = {}
+    warnings = []
+    for place, held in places.items():
+        for name, value in held.items():
+            if name in SETTING_NAMES and not value.isprintable() and name != "D118_SFTP_KEY":
+                raise ConfigError(  # never the value: it may be a password
+                    f"{name} holds characters that are not printable UTF-8 text; set it again (in the {place})"
+                )
+            if name in sources and name in SETTING_NAMES and (value != values[name] or place != store):
+                warnings.append(
+                    f"{name}: the {sources[name]} overrides the {place}'s value (remove one of them)"
+                )
+            values.setdefault(name, value)
+            sources.setdefault(name, place)
+    if store:
+        warnings += [
+            f"{name} is in the env file while the {store} can hold it: run --seal-secrets, or move it there "
+            "and remove the line (see docs/secrets.md)"
+            for name in SECRETS
+            if name in from_file
+        ]
+    sources = {name: place.replace("env file", f"env file {path}") for name, place in sources.items()
+               if name in SETTING_NAMES}  # fmt: skip
+    return Settings(values, sources, path if exists else None, tuple(warnings))
+
+
+def read_sealed(environ: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """The platform's sealed store, if this run can read one, and the secrets it holds:
+    under systemd the credentials of $CREDENTIALS_DIRECTORY (LoadCredentialEncrypted=),
+    on Windows the account's generic credentials clever-export:<SETTING>.  An empty or
+    unreadable credential is exit 2, named: never "not set"."""
+    folder = environ.get("CREDENTIALS_DIRECTORY", "").strip()
+    if folder:
+        found = {name: Path(folder, name) for name in SECRETS if Path(folder, name).exists()}
+        values = {}
+        for name, path in found.items():
+            try:
+                values[name] = path.read_text(encoding="utf-8").rstrip("\r\n")
+            except (OSError, UnicodeDecodeError) as error:
+                raise ConfigError(f"systemd credential {path} cannot be read ({foreign_text(error, 80)}); "
+                                  "encrypt it again with systemd-creds (see docs/secrets.md)") from None  # fmt: skip
+            if not values[name].strip():
+                raise ConfigError(
+                    f"systemd credential {path} is empty; encrypt it again (see docs/secrets.md)"
+                )
+        if "D118_SFTP_KEY" in values:  # the key stays a file: the credential's, on systemd's private memory
+            values["D118_SFTP_KEY_FILE"] = str(found["D118_SFTP_KEY"])
+        return "systemd credential", values
+    if os.name != "nt":
+        return "", {}
+    from win32ctypes.pywin32 import pywintypes, win32cred
+
+    values = {}
+    for name in SECRETS:
+        try:
+            blob = win32cred.CredRead(CREDENTIAL_TARGET.format(name), win32cred.CRED_TYPE_GENERIC)[
+                "CredentialBlob"
+            ]
+        except pywintypes.error as error:
+            if error.winerror == 1168:  # ERROR_NOT_FOUND
+                continue
+            raise ConfigError(f"Windows Credential Manager: {CREDENTIAL_TARGET.format(name)} cannot be read "
+                              f"({foreign_text(str(error.strerror), 80)}); store it again") from None  # fmt: skip
+        values[name] = (blob or b"").decode("utf-16-le", "replace").rstrip("\0")
+        if not values[name].strip():
+            raise ConfigError(
+                f"Windows Credential Manager: {CREDENTIAL_TARGET.format(name)} is empty; store it again"
+            )
+    return "Windows Credential Manager", values
+
+
+CREDSTORE = Path("/etc/credstore.encrypted")  # where systemd's LoadCredentialEncrypted=NAME looks
+
+
+class SealedStore:
+    """The platform's sealed store, written by --seal-secrets: systemd-creds encrypt into
+    CREDSTORE (tied to this host, and its TPM where there is one), or the running
+    account's Windows Credential Manager (DPAPI: tied to the account)."""
+
+    def __init__(self):
+        self.windows = os.name == "nt"
+        self.name = "Windows Credential Manager" if self.windows else f"systemd credentials in {CREDSTORE}"
+
+    def _creds(self, *args: str, value: str | None = None) -> str:
+        done = subprocess_run(["systemd-creds", *args], value)
+        if done.returncode:
+            raise ConfigError(
+                f"systemd-creds {args[0]} failed ({foreign_text(done.stderr.decode('utf-8', 'replace'))})"
+            )
+        return done.stdout.decode("utf-8")
+
+    def write(self, name: str, value: str) -> None:
+        if self.windows:
+            from win32ctypes.pywin32 import win32cred
+
+            credential = {"Type": win32cred.CRED_TYPE_GENERIC, "TargetName": CREDENTIAL_TARGET.format(name),
+                          "UserName": "clever-export", "CredentialBlob": value,
+                          "Persist": win32cred.CRED_PERSIST_LOCAL_MACHINE}  # fmt: skip
+            win32cred.CredWrite(credential, 0)
+        else:
+            make_owner_only_folders(CREDSTORE)
+            self._creds("encrypt", f"--name={name}", "-", str(CREDSTORE / name), value=value)
+
+    def read(self, name: str) -> str:
+        if self.windows:
+            return read_sealed({})[1].get(name, "")
+        return self._creds("decrypt", f"--name={name}", str(CREDSTORE / name), "-")
+
+    def delete(self, name: str) -> None:
+        with contextlib.suppress(Exception):
+            if self.windows:
+                from win32ctypes.pywin32 import win32cred
+
+                win32cred.CredDelete(CREDENTIAL_TARGET.format(name), win32cred.CRED_TYPE_GENERIC)
+            else:
+                (CREDSTORE / name).unlink()
+
+
+def subprocess_run(command: list[str], stdin: str | None = None):
+    import subprocess
+
+    try:
+        return subprocess.run(command, input=(stdin or "").encode("utf-8"), capture_output=True, timeout=60)
+    except OSError as error:
+        raise ConfigError(f"{command[0]} cannot be run ({error.strerror}); is systemd installed?") from None
+
+
+def seal_secrets(options: RunOptions) -> int:
+    """--seal-secrets: every secret the env file holds (and the key file D118_SFTP_KEY_FILE
+    names, as D118_SFTP_KEY) moved into the sealed store, all or nothing: the env file is
+    rewritten (atomically, its owner and mode kept) only after each secret reads back
+    from the store, each moved line replaced by a comment naming where it went; a
+    failure half-way takes back what was written.  Never prints a secret; a second run
+    finds nothing to move."""
+    path = options.settings.env_file
+    if path is None:
+        raise ConfigError(
+            "--seal-secrets moves secrets out of the env file, and there is none; see docs/secrets.md"
+        )
+    store = SealedStore()
+    if not store.windows and os.geteuid() != 0:
+        raise ConfigError(f"--seal-secrets writes {CREDSTORE}, which only root may: run it with sudo")
+    held = read_env_file(path)
+    secrets = {name: value for name, value in held.items() if name in SECRETS}
+    if held.get("D118_SFTP_KEY_FILE", "").strip():
+        key = beside_script(held["D118_SFTP_KEY_FILE"].strip())
+        secrets["D118_SFTP_KEY"] = key.read_text(encoding="utf-8")
+    if not secrets:
+        print(f"{path} holds no secret: nothing to seal")
+        return EXIT_OK
+    written: list[str] = []
+    try:
+        for name, value in secrets.items():
+            written.append(name)
+            store.write(name, value)
+            if store.read(name).rstrip("\r\n") != value.rstrip("\r\n"):
+                raise ConfigError(f"{name} did not read back from the {store.name} as it was written")
+    except BaseException as error:
+        for name in written:
+            store.delete(name)
+        reason = error if isinstance(error, ExportError) else foreign_text(error)
+        raise ConfigError(f"--seal-secrets stopped at {written[-1]} ({reason}); nothing was moved, "
+                          f"{path} is unchanged") from None  # fmt: skip
+    moved = {"D118_SFTP_KEY_FILE" if name == "D118_SFTP_KEY" else name for name in secrets}
+    rewrite_env_file(path, moved, f"sealed in the {store.name} by --seal-secrets on {now_text()}")
+    print(f"sealed {', '.join(secrets)} in the {store.name}; {path} no longer holds them")
+    if not store.windows:
+        print("add these lines to [Service] in the unit (then systemctl daemon-reload); a run outside it, "
+              "such as cron's, cannot read them:")  # fmt: skip
+        for name in secrets:
+            print(f"LoadCredentialEncrypted={name}:{CREDSTORE / name}")
+    if "D118_SFTP_KEY" in secrets:
+        print(f"the key file {key} is sealed as D118_SFTP_KEY: delete it once --check passes")
+    return EXIT_OK
+
+
+def rewrite_env_file(path: Path, moved: set[str], note: str) -> None:
+    """The env file with each line setting a `moved` name replaced by a comment, written
+    atomically and given back to its owner (--seal-secrets runs as root on Linux)."""
+    before = path.stat()
+    lines = []
+    for line in path.read_text(encoding="utf-8-sig").splitlines():
+        name = line.partition("=")[0].strip().removeprefix("export ").strip()
+        lines.append(f"# {name}: {note}" if name in moved and not line.lstrip().startswith("#") else line)
+    with atomic_file(path, "--env-file") as stream:
+        stream.write("\n".join(lines) + "\n")
+    if os.name == "posix":
+        os.chown(path, before.st_uid, before.st_gid)
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -687,6 +872,7 @@ class Mode(enum.Enum):
     NOTIFY_TEST = "send a test notification"
     STATUS = "status"
     DEMO_DB = "demo database"
+    SEAL = "seal the env file's secrets"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -793,9 +979,10 @@ def sftp_settings(
     passphrase = environ.get("D118_SFTP_KEY_PASSPHRASE") or None
     key_text = environ.get("D118_SFTP_KEY_FILE", "").strip()
     key_file = beside_script(key_text) if key_text else None
-    for secret in (password, passphrase):
+    key = environ.get("D118_SFTP_KEY") if key_file is None else None
+    for secret in (password, passphrase, key):
         register_secret(secret)
-    if key_file is None and password is None:
+    if key_file is None and password is None and key is None:
         raise ConfigError(
             "neither D118_SFTP_PASSWORD nor D118_SFTP_KEY_FILE is set; "
             "set one so the script can log in to the SFTP server"
@@ -809,6 +996,7 @@ def sftp_settings(
         Secret(passphrase) if passphrase else None,
         known_hosts_path,
         timeout,
+        Secret(key) if key else None,
     )
 
 
@@ -2479,7 +2667,7 @@ class SftpLogin(NamedTuple):
 
 def prepare_login(sftp: SftpSettings) -> SftpLogin:
     """known_hosts read and the login key loaded: every problem named before any work."""
-    return SftpLogin(check_known_hosts(sftp), load_client_key(sftp) if sftp.key_file else None)
+    return SftpLogin(check_known_hosts(sftp), load_client_key(sftp) if sftp.logs_in_with_a_key else None)
 
 
 class KnownHosts(NamedTuple):
@@ -2624,6 +2812,13 @@ def load_client_key(sftp: SftpSettings):
 
     path = sftp.key_file
     name = "D118_SFTP_KEY_FILE"
+    if path is None:  # the key itself, from Windows Credential Manager
+        passphrase = sftp.key_passphrase.reveal() if sftp.key_passphrase else None
+        for kind in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
+            with contextlib.suppress(paramiko.SSHException, ValueError, TypeError):
+                return kind.from_private_key(io.StringIO(sftp.key.reveal()), passphrase)
+        raise ConfigError("D118_SFTP_KEY (Windows Credential Manager) is not an OpenSSH private key that opens "
+                          "with D118_SFTP_KEY_PASSPHRASE; store it again")  # fmt: skip
     if path.is_dir():
         raise ConfigError(f"{name} {path} is a directory; point it at the private key file")
     try:
@@ -3507,9 +3702,8 @@ def notify_targets(settings: Settings) -> list[str]:
 # Apprise schemes whose host part is a server's address; for the others (pbul://,
 # ifttt://, pover://...) the "host" is a token, a credential, and is never shown.
 ADDRESS_SCHEMES = frozenset(
-    {"mailto", "mailtos", "json", "jsons", "xml", "xmls", "form", "forms", "ntfy", "ntfys", "http", "https",
-     "workflow", "workflows"}
-)  # fmt: skip
+    {"mailto", "mailtos", "json", "jsons", "xml", "xmls", "form", "forms", "http", "https", "workflow", "workflows"}
+)  # fmt: skip  (ntfy's short form ntfys://TOPIC puts the topic, its only secret, where a host goes)
 
 
 def target_shown(url: str) -> str:
@@ -3524,8 +3718,9 @@ def target_shown(url: str) -> str:
         where = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
     except ValueError:  # a malformed address or port: say less
         return shown + "?"
-    if scheme not in ADDRESS_SCHEMES or "@" in parts.path:
-        return shown + "…"  # a token for a host, or a password with an unencoded "/" in it
+    # A token for a host, or user:password split off before its "@" (an unencoded /, ? or # in it): "…".
+    if scheme not in ADDRESS_SCHEMES or ("@" in url and "@" not in parts.netloc and ":" in parts.netloc):
+        return shown + "…"
     return shown + escape_text(where)[:80]
 
 
@@ -4078,9 +4273,11 @@ def check_sftp(check: Checklist, options: RunOptions, sftp: SftpSettings) -> Non
         lambda: check_known_hosts(sftp),
     )
     client_key = None
-    if sftp.key_file is not None:
-        client_key = check(f"SFTP key {sftp.key_file} loads", lambda: load_client_key(sftp))
-    if not known or (sftp.key_file is not None and not client_key):
+    if sftp.logs_in_with_a_key:
+        client_key = check(
+            f"SFTP key {sftp.key_file or 'D118_SFTP_KEY'} loads", lambda: load_client_key(sftp)
+        )
+    if not known or (sftp.logs_in_with_a_key and not client_key):
         check.skip(f"remote directory {remote_dir}", "not checked: the SFTP login cannot be tried")
         return
     opened = check("SFTP login", lambda: open_sftp(sftp, SftpLogin(known, client_key)))
@@ -4109,10 +4306,8 @@ def describe_settings(settings: Settings) -> None:
         ", ".join(target_shown(url) for url in targets) or "none (set CLEVER_NOTIFY: see README, Monitoring)"
     )
     print(f"notifications: {shown}")
-    for name in settings.overridden:
-        print(
-            f"[WARN] {name}: the process environment overrides the env file's value (unset it, or remove the line)"
-        )
+    for warning in settings.warnings:
+        print(f"[WARN] {warning}")
 
 
 def send_test_notification(options: RunOptions) -> int:
@@ -4217,6 +4412,8 @@ FLAGS = (
     Flag(MODE, "--demo-db", "PATH", Path, help="write the bundled sample data as a SQLite file for --sqlite "
          "trials, then stop"),
     Flag(MODE, "--notify-test", help="send a test notification to every CLEVER_NOTIFY target, then stop"),
+    Flag(MODE, "--seal-secrets", help="move every secret of the env file into systemd credentials (as root) "
+         "or Windows Credential Manager, then stop (see docs/secrets.md)"),
     Flag(SOURCE, "--sqlite", "PATH", Path, help="read the PowerSchool tables from a SQLite file instead of Oracle"),
     Flag(SOURCE, "--oracle-client", "DIR", help="Oracle Instant Client folder: thick mode, for databases thin "
          "mode cannot reach (same as ORACLE_CLIENT_LIB_DIR)"),
@@ -4334,6 +4531,7 @@ def mode_of(args: argparse.Namespace) -> Mode:
         ("--demo-db", Mode.DEMO_DB, args.demo_db is not None), ("--check", Mode.CHECK, args.check),
         ("--show-host-key", Mode.SHOW_HOST_KEY, args.show_host_key), ("--status", Mode.STATUS, args.status),
         ("--notify-test", Mode.NOTIFY_TEST, args.notify_test), ("--demo", Mode.DEMO, args.demo),
+        ("--seal-secrets", Mode.SEAL, args.seal_secrets),
     ) if given]  # fmt: skip
     if len(chosen) > 1:
         raise ConfigError(f"choose one of {' and '.join(flag for flag, _ in chosen)}")
@@ -4429,6 +4627,7 @@ def check_own_files(options: RunOptions, args: argparse.Namespace) -> None:
         "the script": beside_script(Path(__file__).resolve().name),  # run by any link's name
         "--known-hosts": options.known_hosts_path,
         "the env file": options.settings.env_file,
+        "the env file's default name": beside_script(DEFAULT_ENV_FILE),  # protected before it exists
         "--config": beside_script(args.config) if args.config else None,
         "--sqlite": options.sqlite_path,
         "D118_SFTP_KEY_FILE": beside_script(key_file) if key_file else None,
@@ -4586,10 +4785,13 @@ class Invocation:
             self.record = RunRecord(started=now_text())  # for --status, whatever stops the run
         if mode is Mode.STATUS:
             return show_status(beside_script(args.state_file), lock_path_of(args), args.max_age)
-        refuse_root_in_anothers_folder(beside_script(args.state_file), argv)
+        if mode is not Mode.SEAL:  # which runs as root, and gives the env file back to its owner
+            refuse_root_in_anothers_folder(beside_script(args.state_file), argv)
         if mode is Mode.DEMO_DB:
             return write_demo_db(beside_script(args.demo_db))
         self.options = options = resolve_options(args, mode, self.environ)
+        if mode is Mode.SEAL:  # before the log: a run as root leaves no file of root's
+            return seal_secrets(options)
         self.recent = setup_logging(options.log_path, options.verbose, options.quiet)
         if mode is Mode.SHOW_HOST_KEY:
             return show_host_key(options)
@@ -4624,7 +4826,7 @@ class Invocation:
         """The ping and the alerts, after the outcome is recorded (so --status tells
         the truth whatever they do): sent together, each bounded by --timeout, and
         after a stop within what is left of STOP_SECONDS."""
-        if self.mode in (Mode.CHECK, Mode.SHOW_HOST_KEY, Mode.STATUS, Mode.NOTIFY_TEST, None):
+        if self.mode in (Mode.CHECK, Mode.SHOW_HOST_KEY, Mode.STATUS, Mode.NOTIFY_TEST, Mode.SEAL, None):
             return
         options, args = self.options, self.args
         lines = "\n".join(self.recent.lines) if self.recent else ""

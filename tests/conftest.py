@@ -253,7 +253,7 @@ class App:
 
 # The settings main() reads from its environ argument. Any other variable (HOME, TZ,
 # LANG, a proxy) acts on the interpreter or a library, so a run given one is a subprocess.
-MAIN_READS = {*clever_export.SETTING_NAMES, "PYTHONIOENCODING"}
+MAIN_READS = {*clever_export.SETTING_NAMES, "PYTHONIOENCODING", "CREDENTIALS_DIRECTORY"}
 
 
 def interpreter_streams(environ: dict[str, str]) -> tuple[io.TextIOWrapper, io.TextIOWrapper]:

@@ -129,6 +129,11 @@ def test_apprise_is_imported_only_to_send(alert_app):
         ("pbul://o.gn5kj6nfhv736I7jC3cj3QLRiyhgl98b", "pbul://…"),  # the "host" is the token
         ("mailtos://user:1234/SecretTail@smtp.example.org", "mailtos://…"),  # an unencoded "/" in a password
         ("json://host:abc/x", "json://?"),
+        ("mailtos://clever-alerts:2024?x@smtp.example.org", "mailtos://…"),  # an unencoded "?" in a password
+        ("mailtos://clever-alerts:20#24@smtp.example.org", "mailtos://…"),  # an unencoded "#"
+        ("ntfys://clever-alerts-topic-8f2k", "ntfys://…"),  # the topic is the only secret
+        ("ntfys://ntfy.district.org/topic", "ntfys://…"),
+        ("mailtos://_?user=alerts@district.org&pass=pw&smtp=smtp.office365.com", "mailtos://_"),
     ],
 )
 def test_a_target_is_shown_by_scheme_and_host_only(url, shown):
