@@ -456,3 +456,35 @@ def test_an_env_file_line_that_is_not_key_value_is_named_in_one_line(uploading_a
     assert result.returncode == 2
     line = one_line(result.stderr)
     assert str(path) in line and "not KEY=value" in line
+
+
+@pytest.mark.parametrize("name", ["requirements.txt", "requirements-test.txt"])
+def test_every_dependency_is_pinned_with_hashes_for_linux_and_windows(name):
+    text = (REPO / name).read_text(encoding="utf-8")
+    blocks = [block for block in re.split(r"\n(?=[A-Za-z])", text) if not block.startswith("#")]
+    assert len(blocks) >= 20  # the transitive ones too
+    for block in blocks:
+        assert re.match(r"[A-Za-z0-9_.\[\]-]+==\S+", block) and "--hash=sha256:" in block, block
+    pinned = {block.split("==")[0].split("[")[0].lower() for block in blocks}
+    assert {"paramiko", "cryptography", "bcrypt", "pynacl", "oracledb", "apprise", "pywin32-ctypes"} <= pinned
+    assert "sys_platform == 'win32'" in text  # the Windows-only pins keep their marker
+    assert name.replace(".txt", ".in") in text.splitlines()[1]  # compiled from its .in file
+
+
+@pytest.mark.timeout(200)
+def test_pip_refuses_a_download_whose_hash_is_not_the_locks(tmp_path):
+    text = (REPO / "requirements.txt").read_text(encoding="utf-8")
+    block = re.search(r"^filelock==\S+ \\\n(?:\s+--hash=sha256:[0-9a-f]+ ?\\?\n)+", text, re.MULTILINE)[0]
+    (tmp_path / "good.txt").write_text(block)
+    (tmp_path / "bad.txt").write_text(re.sub(r"sha256:[0-9a-f]{64}", "sha256:" + "0" * 64, block))
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(tmp_path / "d"), "-r"]
+    good = subprocess.run(
+        [*command, str(tmp_path / "good.txt")], capture_output=True, text=True, timeout=PIP_SECONDS
+    )
+    if good.returncode != 0 and any(error in good.stderr for error in PIP_CONNECTION_ERRORS):
+        pytest.skip("pip cannot reach a package index")
+    assert good.returncode == 0, good.stderr
+    bad = subprocess.run(
+        [*command, str(tmp_path / "bad.txt")], capture_output=True, text=True, timeout=PIP_SECONDS
+    )
+    assert bad.returncode != 0 and "DO NOT MATCH THE HASHES" in bad.stderr

@@ -11,10 +11,11 @@ import pytest
 from conftest import SECRET_SFTP_PASSWORD, WINDOWS, Student, one_line
 from conftest import clever_export as ce
 
-pytestmark = pytest.mark.skipif(
+systemd = pytest.mark.skipif(
     WINDOWS or shutil.which("systemd-creds") is None or os.geteuid() != 0,
     reason="systemd credentials: Linux, systemd-creds, and root to encrypt with the host key",
 )
+windows_vault = pytest.mark.skipif(not WINDOWS, reason="Windows Credential Manager: Windows only")
 
 
 def encrypt(folder, name: str, value: str):
@@ -49,6 +50,7 @@ def secrets_nowhere(result, *places) -> None:
         assert SECRET_SFTP_PASSWORD not in text
 
 
+@systemd
 def test_a_night_reads_its_password_from_a_systemd_credential_and_the_env_file_holds_none(
     uploading_app, sftp_server, tmp_path
 ):
@@ -73,6 +75,7 @@ def test_a_night_reads_its_password_from_a_systemd_credential_and_the_env_file_h
     assert without.returncode == 2 and "neither D118_SFTP_PASSWORD" in one_line(without.stderr)
 
 
+@systemd
 def test_check_warns_where_a_secret_sits_in_two_places_and_names_an_empty_credential(
     uploading_app, sftp_server, tmp_path
 ):
@@ -98,6 +101,7 @@ def test_check_warns_where_a_secret_sits_in_two_places_and_names_an_empty_creden
     )
 
 
+@systemd
 def test_seal_secrets_moves_every_secret_then_a_second_run_changes_nothing(
     uploading_app, sftp_server, tmp_path, monkeypatch
 ):
@@ -124,6 +128,7 @@ def test_seal_secrets_moves_every_secret_then_a_second_run_changes_nothing(
     assert night.returncode == 0, night.stderr
 
 
+@systemd
 def test_seal_secrets_is_all_or_nothing_when_the_store_refuses_a_write_half_way(
     uploading_app, sftp_server, tmp_path, monkeypatch
 ):
@@ -151,3 +156,44 @@ def test_the_env_files_default_name_is_protected_before_it_exists(app, db):
             result.stderr
         )
         assert not (app.root / "clever_export.env").exists()
+
+
+@windows_vault
+def test_windows_credential_manager_entries_are_read_and_sealed_all_or_nothing(
+    uploading_app, sftp_server, monkeypatch
+):
+    """CredWrite and CredRead under Wine, as in Windows: entries of this test's own prefix,
+    so the suite's other runs in this account's vault never see them."""
+    app = uploading_app
+    app.env = {"PYTHONIOENCODING": "utf-8"}
+    prefix = f"clever-export-test-{os.getpid()}"
+    monkeypatch.setattr(ce, "CREDENTIAL_TARGET", prefix + ":{}")
+    store = ce.SealedStore()
+    try:
+        sftp = sftp_server.env()
+        store.write("D118_SFTP_PASSWORD", sftp.pop("D118_SFTP_PASSWORD"))
+        env_file = env_file_of(app, **sftp)
+        night = app.run(*app.base_args)
+        assert night.returncode == 0, night.stderr
+        check = app.run("--check", *app.base_args)
+        assert "  D118_SFTP_PASSWORD: from Windows Credential Manager" in check.stdout, check.stdout
+        secrets_nowhere(night, env_file, app.output, app.log_path)
+        store.delete("D118_SFTP_PASSWORD")
+
+        # --seal-secrets: a value too large for a credential (2,560 bytes) is refused half-way.
+        env_file = env_file_of(app, **sftp_server.env(), CLEVER_NOTIFY="json://127.0.0.1:1/" + "x" * 3000)
+        before = env_file.read_bytes()
+        refused = app.run("--seal-secrets")
+        assert refused.returncode == 2 and "--seal-secrets stopped at CLEVER_NOTIFY" in one_line(
+            refused.stderr
+        )
+        assert env_file.read_bytes() == before and store.read("D118_SFTP_PASSWORD") == ""  # taken back
+        env_file = env_file_of(app, **sftp_server.env())
+        assert app.run("--seal-secrets").returncode == 0
+        assert SECRET_SFTP_PASSWORD not in env_file.read_text() and store.read("D118_SFTP_PASSWORD")
+        assert app.run(*app.base_args).returncode == 0
+        assert "nothing to seal" in app.run("--seal-secrets").stdout
+    finally:
+        for name in ce.SECRETS:
+            store.delete(name)
+        assert store.read("D118_SFTP_PASSWORD") == "" and store.read("CLEVER_NOTIFY") == ""
