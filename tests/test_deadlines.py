@@ -187,13 +187,24 @@ def assert_stopped(code: int, stderr: str, seconds: float, signum: int) -> None:
 SIGNALS = pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 
 
+# A run waiting on one slow peer: what it is asked to do, the peer, and the settings that name it.
+WAITS = {
+    "database connect": (["--no-upload"], (), lambda app, port: {
+        **ORACLE_ENV, "POWERSCHOOL_PROD_DB": f"127.0.0.1:{port}/PSPRODDB"}),
+    "--notify-test": (["--notify-test"], TRICKLE_SMTP, lambda app, port: {"CLEVER_NOTIFY": smtp_target(port)}),
+    "--show-host-key": (["--show-host-key"], TRICKLE_SSH, lambda app, port: {
+        "D118_SFTP_ADDRESS": "127.0.0.1", "D118_SFTP_PORT": str(port)}),
+}  # fmt: skip
+
+
 @posix_signals
 @SIGNALS
-def test_a_stop_during_the_database_connect(app, slow_peer, signum):
-    listener = slow_peer()
-    env = {**ORACLE_ENV, "POWERSCHOOL_PROD_DB": f"127.0.0.1:{listener.port}/PSPRODDB"}
-    code, stderr, seconds = run_and_stop(app, ["--no-upload", "--timeout", "60"], env,
-                                         listener.accepted.is_set, signum)  # fmt: skip
+@pytest.mark.parametrize("waiting_on", list(WAITS))
+def test_a_stop_while_waiting_on_a_slow_peer(app, slow_peer, signum, waiting_on):
+    args, peer_kind, env_of = WAITS[waiting_on]
+    peer = slow_peer(*peer_kind)
+    code, stderr, seconds = run_and_stop(app, [*args, "--timeout", "60"], env_of(app, peer.port),
+                                         peer.accepted.is_set, signum)  # fmt: skip
     assert_stopped(code, stderr, seconds, signum)
 
 
@@ -253,16 +264,6 @@ def test_a_stop_during_a_failed_nights_alert_keeps_the_recorded_failure(app, slo
 
 @posix_signals
 @SIGNALS
-def test_a_stop_during_notify_test_blames_no_url(app, slow_peer, signum):
-    relay = slow_peer(*TRICKLE_SMTP)
-    env = {"CLEVER_NOTIFY": smtp_target(relay.port)}
-    code, stderr, seconds = run_and_stop(app, ["--notify-test", "--timeout", "60"], env,
-                                         relay.accepted.is_set, signum)  # fmt: skip
-    assert_stopped(code, stderr, seconds, signum)
-
-
-@posix_signals
-@SIGNALS
 def test_a_stop_during_checks_database_phase_starts_no_other_check(app, slow_peer, signum):
     database, sftp = slow_peer(), slow_peer()
     env = {
@@ -292,16 +293,6 @@ def test_a_stop_during_checks_sftp_login_is_no_fail(app, db, slow_peer, signum):
             process.kill()
     assert_stopped(process.returncode, stderr, time.monotonic() - stopped, signum)
     assert "[FAIL]" not in stdout and "all checks passed" not in stdout
-
-
-@posix_signals
-@SIGNALS
-def test_a_stop_during_show_host_key(app, slow_peer, signum):
-    server = slow_peer(*TRICKLE_SSH)
-    env = {"D118_SFTP_ADDRESS": "127.0.0.1", "D118_SFTP_PORT": str(server.port)}
-    code, stderr, seconds = run_and_stop(app, ["--show-host-key", "--timeout", "60"], env,
-                                         server.accepted.is_set, signum)  # fmt: skip
-    assert_stopped(code, stderr, seconds, signum)
 
 
 @posix_signals

@@ -77,10 +77,14 @@ def test_every_statement_gives_the_same_bytes_on_postgresql_and_sqlite(pg_db, tm
 
 
 def test_check_probes_run_on_postgresql(pg_db):
-    postgres = pg_db(STUDENTS)
+    database = ce.Database(pg_db(STUDENTS), 60)
     for _, profile in profiles():
-        ce.probe_query(ce.Database(postgres, 60), ce.export_statement(profile, False).sql, "nightly")
-        ce.probe_query(ce.Database(postgres, 60), ce.export_statement(profile, True).sql, "comparison")
+        for compare, mode in ((False, "nightly"), (True, "comparison")):
+            assert ce.probe_query(database, ce.export_statement(profile, compare).sql, mode) is None
+    # and a probe fails as --check shows it: the strict engine names the column
+    broken = ce.export_statement(ce.Profile(), False).sql.replace("q.lep", "q.lepp")
+    with pytest.raises(ce.DatabaseError, match=r"the nightly query fails: .*lepp"):
+        ce.probe_query(database, broken, "nightly")
 
 
 def test_oracle_number_shapes_read_the_same(pg_db):

@@ -159,9 +159,7 @@ def test_the_env_files_default_name_is_protected_before_it_exists(app, db):
 
 
 @windows_vault
-def test_windows_credential_manager_entries_are_read_and_sealed_all_or_nothing(
-    uploading_app, sftp_server, monkeypatch
-):
+def test_windows_credential_manager_entries_are_read_and_sealed(uploading_app, sftp_server, monkeypatch):
     """CredWrite and CredRead under Wine, as in Windows: entries of this test's own prefix,
     so the suite's other runs in this account's vault never see them."""
     app = uploading_app
@@ -180,14 +178,8 @@ def test_windows_credential_manager_entries_are_read_and_sealed_all_or_nothing(
         secrets_nowhere(night, env_file, app.output, app.log_path)
         store.delete("D118_SFTP_PASSWORD")
 
-        # --seal-secrets: a value too large for a credential (2,560 bytes) is refused half-way.
-        env_file = env_file_of(app, **sftp_server.env(), CLEVER_NOTIFY="json://127.0.0.1:1/" + "x" * 3000)
-        before = env_file.read_bytes()
-        refused = app.run("--seal-secrets")
-        assert refused.returncode == 2 and "--seal-secrets stopped at CLEVER_NOTIFY" in one_line(
-            refused.stderr
-        )
-        assert env_file.read_bytes() == before and store.read("D118_SFTP_PASSWORD") == ""  # taken back
+        # --seal-secrets. (A refusal half-way is tested on Linux: Wine's CredWrite accepts even a
+        # blob over Windows' 2,560-byte limit, so no write is refused here; the rollback is shared.)
         env_file = env_file_of(app, **sftp_server.env())
         assert app.run("--seal-secrets").returncode == 0
         assert SECRET_SFTP_PASSWORD not in env_file.read_text() and store.read("D118_SFTP_PASSWORD")

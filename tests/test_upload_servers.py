@@ -323,13 +323,19 @@ def test_internal_sftp_umask_077_is_corrected_by_the_chmod(real_server, app, db)
     first_and_over(deploy(app, db, server, "--remote-mode", "640"), server, 0o640)
 
 
-def test_internal_sftp_refusing_posix_rename_moves_the_old_file_aside(real_server, app, db):
-    server = real_server("internal-sftp", "-P posix-rename")
+NO_POSIX_RENAME = {"internal-sftp": "-P posix-rename", "proftpd": "SFTPExtensions -posixRename"}
+NO_DELETE = {"internal-sftp": "-P remove", "proftpd": "<Limit DELE>\n  DenyAll\n</Limit>"}
+
+
+@pytest.mark.parametrize("kind", ["internal-sftp", "proftpd"])
+def test_a_server_refusing_posix_rename_moves_the_old_file_aside(real_server, app, db, kind):
+    server = real_server(kind, NO_POSIX_RENAME[kind])
     first_and_over(deploy(app, db, server), server)
 
 
-def test_internal_sftp_refusing_delete_needs_none(real_server, app, db):
-    server = real_server("internal-sftp", "-P remove")
+@pytest.mark.parametrize("kind", ["internal-sftp", "proftpd"])
+def test_a_server_refusing_delete_needs_none(real_server, app, db, kind):
+    server = real_server(kind, NO_DELETE[kind])
     refused = f"the server refused REMOVE /upload/{PROBE} (permission denied)"
     first_and_over(deploy(app, db, server), server, check_warns=[refused])
 
@@ -367,17 +373,6 @@ def test_internal_sftp_check_fails_where_the_leftover_blocks_the_night(real_serv
     cleanup_refused_twice(deploy(app, db, server), server)
     checked = check(app)
     verdicts_agree(checked, night(app))  # both refuse REMOVE of the leftover .previous
-
-
-def test_proftpd_without_posix_rename_moves_the_old_file_aside(real_server, app, db):
-    server = real_server("proftpd", "SFTPExtensions -posixRename")
-    first_and_over(deploy(app, db, server), server)
-
-
-def test_proftpd_denying_delete_needs_none(real_server, app, db):
-    server = real_server("proftpd", "<Limit DELE>\n  DenyAll\n</Limit>")
-    refused = f"the server refused REMOVE /upload/{PROBE} (permission denied)"
-    first_and_over(deploy(app, db, server), server, check_warns=[refused])
 
 
 def test_proftpd_denying_chmod_is_a_warning_with_the_mode_the_file_has(real_server, app, db):
@@ -432,7 +427,7 @@ def test_gesftpserver_read_only_fails_naming_open_and_keeps_yesterdays_file(real
 
 @pytest.mark.parametrize(
     ("kind", "options"),
-    [("internal-sftp", "-P remove"), ("proftpd", "<Limit DELE>\n  DenyAll\n</Limit>")],
+    list(NO_DELETE.items()),
     ids=["openssh-internal-sftp-no-remove", "proftpd-deny-dele"],
 )
 def test_a_leftover_partial_the_account_cannot_delete_never_blocks_a_night(
