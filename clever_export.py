@@ -3702,7 +3702,20 @@ def notify_targets(settings: Settings) -> list[str]:
 # Apprise schemes whose host part is a server's address; for the others (pbul://,
 # ifttt://, pover://...) the "host" is a token, a credential, and is never shown.
 ADDRESS_SCHEMES = frozenset(
-    {"mailto", "mailtos", "json", "jsons", "xml", "xmls", "form", "forms", "http", "https", "workflow", "workflows"}
+    {
+        "mailto",
+        "mailtos",
+        "json",
+        "jsons",
+        "xml",
+        "xmls",
+        "form",
+        "forms",
+        "http",
+        "https",
+        "workflow",
+        "workflows",
+    }
 )  # fmt: skip  (ntfy's short form ntfys://TOPIC puts the topic, its only secret, where a host goes)
 
 
