@@ -659,42 +659,25 @@ def read_sealed(environ: dict[str, str]) -> tuple[str, dict[str, str]]:
     unreadable credential is exit 2, named: never "not set"."""
     folder = environ.get("CREDENTIALS_DIRECTORY", "").strip()
     if folder:
-        found = {name: Path(folder, name) for name in SECRETS if Path(folder, name).exists()}
-        values = {}
-        for name, path in found.items():
-            try:
-                values[name] = path.read_text(encoding="utf-8").rstrip("\r\n")
-            except (OSError, UnicodeDecodeError) as error:
-                raise ConfigError(f"systemd credential {path} cannot be read ({foreign_text(error, 80)}); "
-                                  "encrypt it again with systemd-creds (see docs/secrets.md)") from None  # fmt: skip
-            if not values[name].strip():
-                raise ConfigError(
-                    f"systemd credential {path} is empty; encrypt it again (see docs/secrets.md)"
-                )
-        if "D118_SFTP_KEY" in values:  # the key stays a file: the credential's, on systemd's private memory
-            values["D118_SFTP_KEY_FILE"] = str(found["D118_SFTP_KEY"])
-        return "systemd credential", values
-    if os.name != "nt":
-        return "", {}
-    from win32ctypes.pywin32 import pywintypes, win32cred
-
-    values = {}
-    for name in SECRETS:
+        store, found = "systemd credential", {name: Path(folder, name) for name in SECRETS}
         try:
-            blob = win32cred.CredRead(CREDENTIAL_TARGET.format(name), win32cred.CRED_TYPE_GENERIC)[
-                "CredentialBlob"
-            ]
-        except pywintypes.error as error:
-            if error.winerror == 1168:  # ERROR_NOT_FOUND
-                continue
-            raise ConfigError(f"Windows Credential Manager: {CREDENTIAL_TARGET.format(name)} cannot be read "
-                              f"({foreign_text(str(error.strerror), 80)}); store it again") from None  # fmt: skip
-        values[name] = (blob or b"").decode("utf-16-le", "replace").rstrip("\0")
-        if not values[name].strip():
-            raise ConfigError(
-                f"Windows Credential Manager: {CREDENTIAL_TARGET.format(name)} is empty; store it again"
-            )
-    return "Windows Credential Manager", values
+            values = {
+                name: path.read_text("utf-8").rstrip("\r\n") for name, path in found.items() if path.exists()
+            }
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"a {store} in {folder} cannot be read ({foreign_text(error, 80)}); encrypt it "
+                              "again (see docs/secrets.md)") from None  # fmt: skip
+        if "D118_SFTP_KEY" in values:  # the key stays a file: the credential's, in systemd's private memory
+            values["D118_SFTP_KEY_FILE"] = str(found["D118_SFTP_KEY"])
+    elif os.name == "nt":
+        store, windows = "Windows Credential Manager", SealedStore()
+        values = {name: value for name in SECRETS if (value := windows.read(name)) is not None}
+    else:
+        return "", {}
+    for name, value in values.items():
+        if not value.strip():
+            raise ConfigError(f"the {store} {name} is empty; store it again (see docs/secrets.md)")
+    return store, values
 
 
 CREDSTORE = Path("/etc/credstore.encrypted")  # where systemd's LoadCredentialEncrypted=NAME looks
@@ -729,10 +712,20 @@ class SealedStore:
             make_owner_only_folders(CREDSTORE)
             self._creds("encrypt", f"--name={name}", "-", str(CREDSTORE / name), value=value)
 
-    def read(self, name: str) -> str:
-        if self.windows:
-            return read_sealed({})[1].get(name, "")
-        return self._creds("decrypt", f"--name={name}", str(CREDSTORE / name), "-")
+    def read(self, name: str) -> str | None:
+        """The secret, or None where the store has none of that name."""
+        if not self.windows:
+            return self._creds("decrypt", f"--name={name}", str(CREDSTORE / name), "-")
+        from win32ctypes.pywin32 import pywintypes, win32cred
+
+        try:
+            credential = win32cred.CredRead(CREDENTIAL_TARGET.format(name), win32cred.CRED_TYPE_GENERIC)
+        except pywintypes.error as error:
+            if error.winerror == 1168:  # ERROR_NOT_FOUND
+                return None
+            raise ConfigError(f"{self.name}: {CREDENTIAL_TARGET.format(name)} cannot be read "
+                              f"({foreign_text(str(error.strerror), 80)}); store it again") from None  # fmt: skip
+        return (credential["CredentialBlob"] or b"").decode("utf-16-le", "replace").rstrip("\0")
 
     def delete(self, name: str) -> None:
         with contextlib.suppress(Exception):
@@ -781,7 +774,7 @@ def seal_secrets(options: RunOptions) -> int:
         for name, value in secrets.items():
             written.append(name)
             store.write(name, value)
-            if store.read(name).rstrip("\r\n") != value.rstrip("\r\n"):
+            if (store.read(name) or "").rstrip("\r\n") != value.rstrip("\r\n"):
                 raise ConfigError(f"{name} did not read back from the {store.name} as it was written")
     except BaseException as error:
         for name in written:

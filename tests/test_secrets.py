@@ -188,4 +188,4 @@ def test_windows_credential_manager_entries_are_read_and_sealed(uploading_app, s
     finally:
         for name in ce.SECRETS:
             store.delete(name)
-        assert store.read("D118_SFTP_PASSWORD") == "" and store.read("CLEVER_NOTIFY") == ""
+        assert store.read("D118_SFTP_PASSWORD") is None and store.read("CLEVER_NOTIFY") is None
