@@ -683,6 +683,14 @@ def read_sealed(environ: dict[str, str]) -> tuple[str, dict[str, str]]:
 CREDSTORE = Path("/etc/credstore.encrypted")  # where systemd's LoadCredentialEncrypted=NAME looks
 
 
+def sealed_hint(*names: str) -> str:
+    """For a secret this run lacks: that it is sealed for the systemd unit, which alone can read it."""
+    with contextlib.suppress(OSError):
+        if os.name == "posix" and any((CREDSTORE / name).exists() for name in names):
+            return f" here (it is sealed in {CREDSTORE}, for the systemd unit only: see docs/secrets.md, --check)"
+    return ""
+
+
 class SealedStore:
     """The platform's sealed store, written by --seal-secrets: systemd-creds encrypt into
     CREDSTORE (tied to this host, and its TPM where there is one), or the running
@@ -696,7 +704,7 @@ class SealedStore:
         done = subprocess_run(["systemd-creds", *args], value)
         if done.returncode:
             raise ConfigError(
-                f"systemd-creds {args[0]} failed ({foreign_text(done.stderr.decode('utf-8', 'replace'))})"
+                f"systemd-creds {args[0]} failed ({foreign_text(done.stderr.decode('utf-8', 'replace').strip())})"
             )
         return done.stdout.decode("utf-8")
 
@@ -727,12 +735,25 @@ class SealedStore:
                               f"({foreign_text(str(error.strerror), 80)}); store it again") from None  # fmt: skip
         return (credential["CredentialBlob"] or b"").decode("utf-16-le", "replace").rstrip("\0")
 
-    def delete(self, name: str) -> None:
+    def saved(self, name: str) -> Any:
+        """What the store holds under `name` now, as put_back() takes it (None: nothing)."""
+        if self.windows:
+            return self.read(name)
+        with contextlib.suppress(FileNotFoundError):
+            return (CREDSTORE / name).read_bytes()
+        return None
+
+    def put_back(self, name: str, saved: Any) -> None:
+        """The store as it was before this run wrote `name`."""
         with contextlib.suppress(Exception):
-            if self.windows:
+            if self.windows and saved is not None:
+                self.write(name, saved)
+            elif self.windows:
                 from win32ctypes.pywin32 import win32cred
 
                 win32cred.CredDelete(CREDENTIAL_TARGET.format(name), win32cred.CRED_TYPE_GENERIC)
+            elif saved is not None:
+                (CREDSTORE / name).write_bytes(saved)
             else:
                 (CREDSTORE / name).unlink()
 
@@ -751,62 +772,84 @@ def seal_secrets(options: RunOptions) -> int:
     names, as D118_SFTP_KEY) moved into the sealed store, all or nothing: the env file is
     rewritten (atomically, its owner and mode kept) only after each secret reads back
     from the store, each moved line replaced by a comment naming where it went; a
-    failure half-way takes back what was written.  Never prints a secret; a second run
-    finds nothing to move."""
+    failure half-way puts the store back as it was.  Never prints a secret; a second
+    run finds nothing to move."""
     path = options.settings.env_file
     if path is None:
         raise ConfigError(
             "--seal-secrets moves secrets out of the env file, and there is none; see docs/secrets.md"
         )
+    if (
+        path.is_symlink() or path.stat().st_nlink > 1
+    ):  # rewriting the link would leave the secrets in its target
+        raise ConfigError(
+            f"env file {path} is a link; run --seal-secrets with --env-file naming the file itself"
+        )
     store = SealedStore()
     if not store.windows and os.geteuid() != 0:
         raise ConfigError(f"--seal-secrets writes {CREDSTORE}, which only root may: run it with sudo")
     held = read_env_file(path)
-    secrets = {name: value for name, value in held.items() if name in SECRETS}
-    if held.get("D118_SFTP_KEY_FILE", "").strip():
-        key = beside_script(held["D118_SFTP_KEY_FILE"].strip())
-        secrets["D118_SFTP_KEY"] = key.read_text(encoding="utf-8")
+    secrets = {name: value for name, value in held.items() if name in SECRETS and value.strip()}
+    moved = set(secrets)
+    key_file = (
+        beside_script(held["D118_SFTP_KEY_FILE"].strip())
+        if held.get("D118_SFTP_KEY_FILE", "").strip()
+        else None
+    )
+    if key_file is not None:
+        try:
+            secrets["D118_SFTP_KEY"] = key_file.read_bytes().decode("utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"D118_SFTP_KEY_FILE {key_file} cannot be read as an OpenSSH key "
+                              f"({foreign_text(error, 80)}); fix it, then rerun") from None  # fmt: skip
+        moved.add("D118_SFTP_KEY_FILE")
     if not secrets:
         print(f"{path} holds no secret: nothing to seal")
         return EXIT_OK
-    written: list[str] = []
+    before: dict[str, Any] = {}  # what each name held in the store, to put back after a failure
     try:
         for name, value in secrets.items():
-            written.append(name)
+            before[name] = store.saved(name)
             store.write(name, value)
             if (store.read(name) or "").rstrip("\r\n") != value.rstrip("\r\n"):
                 raise ConfigError(f"{name} did not read back from the {store.name} as it was written")
+        rewrite_env_file(path, moved, f"sealed in the {store.name} by --seal-secrets on {now_text()}")
     except BaseException as error:
-        for name in written:
-            store.delete(name)
+        for name, saved in before.items():
+            store.put_back(name, saved)
         reason = error if isinstance(error, ExportError) else foreign_text(error)
-        raise ConfigError(f"--seal-secrets stopped at {written[-1]} ({reason}); nothing was moved, "
-                          f"{path} is unchanged") from None  # fmt: skip
-    moved = {"D118_SFTP_KEY_FILE" if name == "D118_SFTP_KEY" else name for name in secrets}
-    rewrite_env_file(path, moved, f"sealed in the {store.name} by --seal-secrets on {now_text()}")
+        raise ConfigError(f"--seal-secrets did not finish ({reason}); the {store.name} and {path} are as "
+                          "they were") from None  # fmt: skip
     print(f"sealed {', '.join(secrets)} in the {store.name}; {path} no longer holds them")
     if not store.windows:
         print("add these lines to [Service] in the unit (then systemctl daemon-reload); a run outside it, "
-              "such as cron's, cannot read them:")  # fmt: skip
+              "such as cron's or --check by hand, cannot read them (docs/secrets.md):")  # fmt: skip
         for name in secrets:
             print(f"LoadCredentialEncrypted={name}:{CREDSTORE / name}")
-    if "D118_SFTP_KEY" in secrets:
-        print(f"the key file {key} is sealed as D118_SFTP_KEY: delete it once --check passes")
+    if key_file is not None:
+        print(
+            f"the key file {key_file} is sealed as D118_SFTP_KEY: delete it once a run under the unit succeeds"
+        )
     return EXIT_OK
 
 
 def rewrite_env_file(path: Path, moved: set[str], note: str) -> None:
-    """The env file with each line setting a `moved` name replaced by a comment, written
-    atomically and given back to its owner (--seal-secrets runs as root on Linux)."""
+    """The env file with each line that sets a `moved` name, as python-dotenv read it
+    (quotes, `export`, a value over several lines), replaced by a comment; written
+    atomically, its owner and mode kept (--seal-secrets runs as root on Linux)."""
+    import dotenv.parser
+
     before = path.stat()
-    lines = []
-    for line in path.read_text(encoding="utf-8-sig").splitlines():
-        name = line.partition("=")[0].strip().removeprefix("export ").strip()
-        lines.append(f"# {name}: {note}" if name in moved and not line.lstrip().startswith("#") else line)
+    text = path.read_bytes().decode("utf-8").removeprefix("\ufeff")
+    kept = [
+        f"# {binding.key}: {note}\n" if binding.key in moved else binding.original.string
+        for binding in dotenv.parser.parse_stream(io.StringIO(text))
+    ]
     with atomic_file(path, "--env-file") as stream:
-        stream.write("\n".join(lines) + "\n")
+        stream.write("".join(kept))
     if os.name == "posix":
         os.chown(path, before.st_uid, before.st_gid)
+        os.chmod(path, stat.S_IMODE(before.st_mode))
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -912,7 +955,7 @@ def _require_env(environ: dict[str, str], name: str) -> str:
     value = environ.get(name, "").strip()
     if not value:
         raise ConfigError(
-            f"environment variable {name} ({SETTINGS[name][0]}) is not set; "
+            f"environment variable {name} ({SETTINGS[name][0]}) is not set{sealed_hint(name)}; "
             "set it in the env file (clever_export.env, or --env-file) or for the account that runs "
             "the job (see README, Configuration)"
         )
@@ -977,8 +1020,8 @@ def sftp_settings(
         register_secret(secret)
     if key_file is None and password is None and key is None:
         raise ConfigError(
-            "neither D118_SFTP_PASSWORD nor D118_SFTP_KEY_FILE is set; "
-            "set one so the script can log in to the SFTP server"
+            "neither D118_SFTP_PASSWORD nor D118_SFTP_KEY_FILE is set; set one so the script can log in "
+            f"to the SFTP server{sealed_hint('D118_SFTP_PASSWORD', 'D118_SFTP_KEY')}"
         )
     return SftpSettings(
         host,
@@ -1229,7 +1272,8 @@ def check_query_inputs(profile: Profile, source: str = "config") -> None:
                 f"{source}: students.query does not return the column {column}; "
                 f"it must return {', '.join(query_inputs(profile))}"
             )
-    if profile.enroll_statuses is None and "where" not in query_words:
+    uncommented = re.sub(r"--[^\n]*|/\*.*?\*/", " ", profile.query, flags=re.DOTALL)
+    if profile.enroll_statuses is None and not re.search(r"\bwhere\b", uncommented, re.IGNORECASE):
         raise ConfigError(
             f"{source}: students.query has no WHERE and students.enroll_statuses is not set, so every "
             "student ever enrolled would be exported; add enroll_statuses = [0] under [students] "
@@ -2293,23 +2337,22 @@ def give_back(path: Path) -> str:
     return f"check the mode of {existing}"
 
 
-def refuse_root_in_anothers_folder(state_path: Path, argv: list[str] | None) -> None:
+def refuse_root_in_anothers_folder(state_path: Path) -> None:
     """A run as root in a set-up another account owns stops before it writes anything:
     root-owned files (log, state, kept copy, output) would fail that account's next night.
     A set-up root owns (root's own cron job) runs."""
     if os.name != "posix" or os.geteuid() != 0:
         return
-    for path in (SCRIPT_DIR, state_path):
+    for path in (SCRIPT_DIR, state_path, state_path.parent):
         with contextlib.suppress(OSError):
             if (owner := path.stat().st_uid) != 0:
                 account = account_name(owner)
                 run_as = ["sudo", "-u", account] if shutil.which("sudo") else ["runuser", "-u", account, "--"]
-                script = str(beside_script(Path(__file__).resolve().name))
-                command = [*run_as, sys.executable, script, *(sys.argv[1:] if argv is None else argv)]
+                command = [*run_as, sys.executable, str(beside_script(Path(__file__).resolve().name))]
                 raise ConfigError(
                     f"this is a run as root, but {path} belongs to {account}: it would leave root-owned "
                     f"files that {account}'s next run cannot use, so nothing was done. Run it as "
-                    f"{account}: {shell_command(command)}"
+                    f"{account}, with the same flags: {shell_command(command)} …"
                 )
 
 
@@ -3319,15 +3362,21 @@ class RemoteFile:
         self.notes.append(f"{refused}; the file has mode {has:03o}{wider}")
 
     def remove_leftover(self) -> str:
-        """A temporary file an earlier run left (a connection cut mid-upload) removed, as the
-        night and --check do; what to tell the admin if the server refuses its removal."""
-        if self.exists(self.partial) is None:
-            return ""
+        """The temporary files earlier runs left (a connection cut mid-upload; a fresh name
+        taken past one the server would not delete) removed, as the night and --check do;
+        what to tell the admin of those the server refuses to remove."""
+        folder, base = posixpath.split(self.partial)
         try:
-            self.remove(self.partial)
-        except RemoteRefused as error:
-            return f"{error}; {self.partial}, left by an earlier run, holds student data: delete it there"
-        return ""
+            names = [name for name in self.session.listdir(folder) if name.split(".partial")[0] == base[:-8]]
+        except OSError:  # a server that refuses listing: the fixed name alone
+            names = [base] if self.exists(self.partial) is not None else []
+        left = []
+        for path in sorted(posixpath.join(folder, name) for name in names if ".partial" in name):
+            try:
+                self.remove(path)
+            except RemoteRefused as error:
+                left.append(f"{error}; {path}, left by an earlier run, holds student data: delete it there")
+        return "; ".join(left)
 
     def remove_partial(self) -> str | None:
         """A failed or stopped upload leaves no copy of student data behind, if the
@@ -3383,7 +3432,7 @@ class RemoteFile:
             f"{self.final} was missing after an interrupted swap; last night's file was put back from {self.previous}"
         )
 
-    def leftovers(self, moved_aside: bool) -> list[str]:
+    def leftovers(self, moved_aside: bool, night_running: bool) -> list[str]:
         """--check on the real files: a swap cut short, and leftovers in the folder.
         A leftover moved-aside file is in the way of a night that must move the old
         file aside (no posix-rename): it is removed here as the night would, and a
@@ -3401,7 +3450,9 @@ class RemoteFile:
                 notes.append(
                     f"{self.previous} is left from an earlier run (its delete was refused); delete it there"
                 )
-        if left := self.remove_leftover():
+        if night_running:  # its upload may be under way: --check touches none of its files
+            notes.append(f"a run holds the lock, so {self.remote_dir}'s temporary files were left alone")
+        elif left := self.remove_leftover():
             notes.append(f"{left} (the night uploads through another temporary name)")
         return notes
 
@@ -3442,7 +3493,7 @@ def upload(
 PROBE_NAME = ".clever_export_check.txt"  # --check's file: no student data, a dot-name the importer skips
 
 
-def probe_remote_dir(session, sftp: SftpSettings, profile: Profile) -> list[str]:
+def probe_remote_dir(session, sftp: SftpSettings, profile: Profile, night_running: bool) -> list[str]:
     """--check: the night's exact remote sequence on a probe file holding no
     student data (create with the mode, write, chmod if needed, rename over an
     existing file, with the fallback), the probe removed, then the real files
@@ -3462,7 +3513,7 @@ def probe_remote_dir(session, sftp: SftpSettings, profile: Profile) -> list[str]
                     f"{error}; the probe file {over.final} is left (a night does not need to delete it)"
                 )
             night = RemoteFile(session, remote_dir, profile.file_name, mode)
-            notes = first.notes + over.notes + night.leftovers(over.moved_aside)
+            notes = first.notes + over.notes + night.leftovers(over.moved_aside, night_running)
         except BaseException as error:
             failure = sftp_failure(error, sftp, remote_dir=remote_dir)
             with contextlib.suppress(Exception):
@@ -3724,8 +3775,14 @@ def target_shown(url: str) -> str:
         where = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
     except ValueError:  # a malformed address or port: say less
         return shown + "?"
-    # A token for a host, or user:password split off before its "@" (an unencoded /, ? or # in it): "…".
-    if scheme not in ADDRESS_SCHEMES or ("@" in url and "@" not in parts.netloc and ":" in parts.netloc):
+    # A token for a host, or a host not told apart from a password with certainty (an unencoded
+    # @, /, ? or # in it puts an "@" after the host part, or leaves user:password as the host): "…".
+    if (
+        scheme not in ADDRESS_SCHEMES
+        or "@" in parts.path + parts.fragment
+        or parts.netloc.count("@") > 1
+        or ("@" in url and "@" not in parts.netloc and ":" in parts.netloc)
+    ):
         return shown + "…"
     return shown + escape_text(where)[:80]
 
@@ -4294,7 +4351,7 @@ def check_sftp(check: Checklist, options: RunOptions, sftp: SftpSettings) -> Non
     try:
         notes = check(
             f"remote directory {remote_dir} writable",
-            lambda: probe_remote_dir(session, sftp, options.profile),
+            lambda: probe_remote_dir(session, sftp, options.profile, RunLock.held(options.lock_path)),
         )
         for note in notes if isinstance(notes, list) else []:
             print(f"[WARN] {note}")
@@ -4514,7 +4571,7 @@ def check_ping_url(url: str) -> None:
     try:
         parts = urllib.parse.urlsplit(url)
         usable = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
-        usable = usable and not (parts.fragment or parts.username or parts.password)
+        usable = usable and not (parts.username or parts.password or "#" in url or url.endswith("?"))
     except ValueError:  # a port that is not a number
         usable = False
     if not usable or any(character.isspace() for character in url):
@@ -4686,8 +4743,8 @@ def same_file(a: Path, b: Path) -> bool:
 
 def write_demo_db(path: Path) -> int:
     """--demo-db: the sample data as a SQLite file (mode 600), for --sqlite trials."""
-    if path.exists():
-        raise ConfigError(f"{path} already exists; remove it or choose another --demo-db path")
+    if path.exists() or same_file(path, beside_script(DEFAULT_ENV_FILE)):
+        raise ConfigError(f"{path} already exists or is the env file's name; choose another --demo-db path")
     source = connect_demo()
     try:
         make_folder(path, "--demo-db")
@@ -4787,12 +4844,12 @@ class Invocation:
     def run(self, argv: list[str] | None) -> int:
         self.args = args = build_parser().parse_args(argv)
         self.mode = mode = mode_of(args)
-        if mode is Mode.NIGHTLY:
-            self.record = RunRecord(started=now_text())  # for --status, whatever stops the run
         if mode is Mode.STATUS:
             return show_status(beside_script(args.state_file), lock_path_of(args), args.max_age)
         if mode is not Mode.SEAL:  # which runs as root, and gives the env file back to its owner
-            refuse_root_in_anothers_folder(beside_script(args.state_file), argv)
+            refuse_root_in_anothers_folder(beside_script(args.state_file))
+        if mode is Mode.NIGHTLY:
+            self.record = RunRecord(started=now_text())  # for --status, whatever stops the run
         if mode is Mode.DEMO_DB:
             return write_demo_db(beside_script(args.demo_db))
         self.options = options = resolve_options(args, mode, self.environ)

@@ -518,12 +518,12 @@ def test_a_run_as_root_in_a_set_up_another_account_owns_is_refused_before_it_wri
     for path in (app.root, *app.root.rglob("*")):
         shutil.chown(path, account, account)
     before = sorted(path.name for path in app.root.iterdir())
-    result = app.run("--sqlite", str(database), "--no-upload")
+    result = app.run("--sqlite", str(database), "--ping-url", "https://hc-ping.com/0b1c-secret")  # a night
     assert result.returncode == 2, result.stderr
     line = one_line(result.stderr)
     assert f"{app.root} belongs to {account}" in line and "nothing was done" in line
     assert f"sudo -u {account} " in line or f"runuser -u {account} -- " in line
-    assert line.endswith(f"clever_export.py --sqlite {database} --no-upload")
+    assert line.endswith(f"{app.root / 'clever_export.py'} …") and str(database) not in line  # no flag echoed
     assert sorted(path.name for path in app.root.iterdir()) == before  # no log, state, lock or output
     assert "belongs to" not in app.run("--status").stderr  # reading is no harm
     for path in (app.root, *app.root.rglob("*")):

@@ -110,6 +110,14 @@ def test_seal_secrets_moves_every_secret_then_a_second_run_changes_nothing(
     store = tmp_path / "credstore"
     monkeypatch.setattr(ce, "CREDSTORE", store)
     env_file = env_file_of(app, **sftp_server.env(), CLEVER_NOTIFY="json://127.0.0.1:1/Tok3n-never-shown")
+    password_line = f"D118_SFTP_PASSWORD='{SECRET_SFTP_PASSWORD}'\n"
+    env_file.write_text(env_file.read_text().replace(password_line, f"export\t{password_line}")
+                        + "D118_SFTP_KEY_PASSPHRASE=\n")  # fmt: skip
+    env_file.chmod(0o400)
+    link = app.root / "linked.env"
+    link.symlink_to(env_file)
+    refused = app.run("--seal-secrets", "--env-file", str(link))
+    assert refused.returncode == 2 and "is a link" in one_line(refused.stderr)
     sealed = app.run("--seal-secrets")
     assert sealed.returncode == 0, sealed.stderr
     assert sorted(path.name for path in store.iterdir()) == ["CLEVER_NOTIFY", "D118_SFTP_PASSWORD"]
@@ -118,7 +126,8 @@ def test_seal_secrets_moves_every_secret_then_a_second_run_changes_nothing(
     assert (
         SECRET_SFTP_PASSWORD not in text and "Tok3n" not in text and "# D118_SFTP_PASSWORD: sealed in" in text
     )
-    assert env_file.stat().st_mode & 0o777 == 0o600
+    assert env_file.stat().st_mode & 0o777 == 0o400  # its mode kept
+    assert "D118_SFTP_KEY_PASSPHRASE=\n" in text  # an empty value is nothing to seal
     assert SECRET_SFTP_PASSWORD not in sealed.stdout + sealed.stderr and "Tok3n" not in sealed.stdout
     again = app.run("--seal-secrets")
     assert again.returncode == 0 and "holds no secret: nothing to seal" in again.stdout
@@ -135,17 +144,22 @@ def test_seal_secrets_is_all_or_nothing_when_the_store_refuses_a_write_half_way(
     app = uploading_app
     app.env = {"PYTHONIOENCODING": "utf-8"}
     store = tmp_path / "credstore"
-    (store / "D118_SFTP_PASSWORD").mkdir(parents=True)  # the second secret's place is taken: its write fails
+    store.mkdir()
+    earlier = encrypt(store, "D118_SFTP_PASSWORD", "an-earlier-sealing").read_bytes()  # must survive
     monkeypatch.setattr(ce, "CREDSTORE", store)
-    env_file = env_file_of(app, POWERSCHOOL_DB_PASSWORD="Db-pa55-never-shown", **sftp_server.env())
+    # The third secret is over systemd's 1 MB limit for a credential: systemd-creds refuses it.
+    env_file = env_file_of(app, POWERSCHOOL_DB_PASSWORD="Db-pa55-never-shown", **sftp_server.env(),
+                           CLEVER_NOTIFY="json://127.0.0.1:1/" + "x" * (1 << 20))  # fmt: skip
     before = env_file.read_bytes()
     result = app.run("--seal-secrets")
     assert result.returncode == 2
     line = one_line(result.stderr)
-    assert "--seal-secrets stopped at D118_SFTP_PASSWORD" in line and "is unchanged" in line
+    assert "--seal-secrets did not finish (systemd-creds encrypt failed (Plaintext too long" in line, line
+    assert "are as they were" in line
     assert env_file.read_bytes() == before  # nothing lost
     assert sorted(path.name for path in store.iterdir()) == ["D118_SFTP_PASSWORD"]  # the first one taken back
-    assert "Db-pa55" not in result.stdout + result.stderr
+    assert (store / "D118_SFTP_PASSWORD").read_bytes() == earlier  # the earlier one put back as it was
+    assert "Db-pa55" not in result.stdout + result.stderr and SECRET_SFTP_PASSWORD not in result.stderr
 
 
 def test_the_env_files_default_name_is_protected_before_it_exists(app, db):
