@@ -134,6 +134,8 @@ def test_apprise_is_imported_only_to_send(alert_app):
         ("ntfys://clever-alerts-topic-8f2k", "ntfys://…"),  # the topic is the only secret
         ("ntfys://ntfy.district.org/topic", "ntfys://…"),
         ("mailtos://_?user=alerts@district.org&pass=pw&smtp=smtp.office365.com", "mailtos://_"),
+        ("mailtos://alerts:p@ss#word@smtp.district.org", "mailtos://…"),  # an unencoded "@" and "#"
+        ("mailto://me:a@b/c@host", "mailtos://…".replace("mailtos", "mailto")),
     ],
 )
 def test_a_target_is_shown_by_scheme_and_host_only(url, shown):

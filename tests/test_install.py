@@ -493,3 +493,9 @@ def test_pip_refuses_a_download_whose_hash_is_not_the_locks(tmp_path):
         [*command, str(tmp_path / "bad.txt")], capture_output=True, text=True, timeout=PIP_SECONDS
     )
     assert bad.returncode != 0 and "DO NOT MATCH THE HASHES" in bad.stderr
+
+
+def test_demo_db_never_writes_the_env_files_name(app):
+    result = app.run("--demo-db", "clever_export.env")
+    assert result.returncode == 2 and "the env file's name" in result.stderr
+    assert not (app.root / "clever_export.env").exists()

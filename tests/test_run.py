@@ -242,7 +242,7 @@ def test_a_failing_ping_only_warns(uploading_app, sftp_server, silent_listener):
 @pytest.mark.parametrize(
     "url", ["hc-ping.com/0b1c-secret-uuid", "ftp://hc-ping.com/0b1c-secret-uuid", "https:///0b1c-secret-uuid",
             "http://[::1/0b1c-secret-uuid", "https://hc-ping.com/0b1c-secret-uuid#x",
-            "https://user:secret@hc-ping.com/u",
+            "https://user:secret@hc-ping.com/u", "https://hc-ping.com/0b1c-secret-uuid?",
             "https://hc-ping.com:abc/secret", "https://hc-ping.com/secret uuid"],
 )  # fmt: skip
 def test_a_ping_url_that_cannot_be_sent_exits_2_before_anything_runs(uploading_app, sftp_server, url):
