@@ -101,14 +101,19 @@ def test_check_warns_where_a_secret_sits_in_two_places_and_names_an_empty_creden
     )
 
 
-@systemd
-def test_seal_secrets_moves_every_secret_then_a_second_run_changes_nothing(
-    uploading_app, sftp_server, tmp_path, monkeypatch
-):
-    app = uploading_app
-    app.env = {"PYTHONIOENCODING": "utf-8"}
+@pytest.fixture
+def sealing(uploading_app, tmp_path, monkeypatch):
+    """The deployed script with its settings from the env file alone, sealing into a store of its own."""
+    uploading_app.env = {"PYTHONIOENCODING": "utf-8"}
     store = tmp_path / "credstore"
+    store.mkdir()
     monkeypatch.setattr(ce, "CREDSTORE", store)
+    return uploading_app, store
+
+
+@systemd
+def test_seal_secrets_moves_every_secret_then_a_second_run_changes_nothing(sealing, sftp_server, tmp_path):
+    app, store = sealing
     env_file = env_file_of(app, **sftp_server.env(), CLEVER_NOTIFY="json://127.0.0.1:1/Tok3n-never-shown")
     password_line = f"D118_SFTP_PASSWORD='{SECRET_SFTP_PASSWORD}'\n"
     env_file.write_text(env_file.read_text().replace(password_line, f"export\t{password_line}")
@@ -138,15 +143,9 @@ def test_seal_secrets_moves_every_secret_then_a_second_run_changes_nothing(
 
 
 @systemd
-def test_seal_secrets_is_all_or_nothing_when_the_store_refuses_a_write_half_way(
-    uploading_app, sftp_server, tmp_path, monkeypatch
-):
-    app = uploading_app
-    app.env = {"PYTHONIOENCODING": "utf-8"}
-    store = tmp_path / "credstore"
-    store.mkdir()
+def test_seal_secrets_is_all_or_nothing_when_the_store_refuses_a_write_half_way(sealing, sftp_server):
+    app, store = sealing
     earlier = encrypt(store, "D118_SFTP_PASSWORD", "an-earlier-sealing").read_bytes()  # must survive
-    monkeypatch.setattr(ce, "CREDSTORE", store)
     # The third secret is over systemd's 1 MB limit for a credential: systemd-creds refuses it.
     env_file = env_file_of(app, POWERSCHOOL_DB_PASSWORD="Db-pa55-never-shown", **sftp_server.env(),
                            CLEVER_NOTIFY="json://127.0.0.1:1/" + "x" * (1 << 20))  # fmt: skip
