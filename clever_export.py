@@ -3097,53 +3097,42 @@ def sftp_failure(
     remote_dir: str = "",
     offered: dict[str, list[str]] | None = None,
 ) -> BaseException:
-    """Translate a paramiko or socket error into one actionable SftpError."""
+    """Translate a paramiko or socket error into one actionable SftpError, or a
+    TransientSftpError where another attempt may succeed (a network failure)."""
     import paramiko
 
-    where = f"{sftp.host}:{sftp.port}"
-    in_dir = f" in {remote_dir}" if remote_dir else ""
-    offered = offered or {}
     if isinstance(error, ExportError) or not isinstance(error, Exception):
         return error
     if isinstance(error, (_UnknownHostKey, paramiko.BadHostKeyException)):
         return host_key_failure(error, sftp, known)
-    if isinstance(error, paramiko.IncompatiblePeer):
-        offer = "; ".join(f"{kind} {foreign_text(', '.join(names), 200)}" for kind, names in offered.items())
-        return SftpError(
-            f"no common algorithm with {where} ({foreign_text(error)}); the server offers "
-            f"{offer or 'nothing paramiko could read'}. Ask its administrator to enable a current one "
-            "(e.g. curve25519-sha256, ssh-ed25519, aes256-ctr, hmac-sha2-256)"
-        )
-    if isinstance(error, paramiko.sftp.SFTPError) and "garbage packet" in str(error).lower():
-        return SftpError(
-            f"the server {where} printed text into the SFTP session (a login script such as .bashrc "
-            f"echoing for non-interactive logins); make it silent for {sftp.username}"
-        )
-    if isinstance(error, paramiko.AuthenticationException):
-        # paramiko's words are a constant ("Authentication failed."): only the methods the server allows say more.
-        allowed = getattr(error, "allowed_types", None)
-        detail = f" (the server allows only: {', '.join(map(escape_text, allowed))})" if allowed else ""
-        return SftpError(
-            f"SFTP login as {sftp.username} on {where} failed{detail}; check "
-            "D118_SFTP_USERNAME and D118_SFTP_PASSWORD or D118_SFTP_KEY_FILE"
-        )
-    if isinstance(error, PermissionError):
-        return SftpError(
-            f"SFTP server {where} refused access{in_dir} ({foreign_text(error)}); "
-            f"give {sftp.username} write permission on the remote directory"
-        )
-    if isinstance(error, FileNotFoundError):
-        return SftpError(
-            f"SFTP path not found on {where}{in_dir} ({foreign_text(error)}); "
-            "create the remote directory or fix --remote-dir (or output.remote_dir in the profile)"
-        )
-    if isinstance(error, socket.gaierror):
-        return SftpError(f"cannot resolve SFTP host {sftp.host!r}; check D118_SFTP_ADDRESS")
-    if isinstance(error, (OSError, EOFError, paramiko.SSHException)):
-        cause = (error.strerror or "").lower() if isinstance(error, OSError) else ""
-        return TransientSftpError(
-            f"SFTP connection to {where} failed{in_dir}: {cause or foreign_text(error)}; {SFTP_REACH_FIX}"
-        )
+    where, in_dir = f"{sftp.host}:{sftp.port}", f" in {remote_dir}" if remote_dir else ""
+    offer = "; ".join(
+        f"{kind} {foreign_text(', '.join(names), 200)}" for kind, names in (offered or {}).items()
+    )
+    # paramiko's words for a failed login are a constant: only the methods the server allows say more.
+    allowed = getattr(error, "allowed_types", None)
+    cause = (error.strerror or "").lower() if isinstance(error, OSError) else ""
+    # The first row the error matches gives its line; only a network failure is retried.
+    for matches, retried, line in (
+        (paramiko.IncompatiblePeer, False, lambda: f"no common algorithm with {where} ({foreign_text(error)}); the "
+         f"server offers {offer or 'nothing paramiko could read'}. Ask its administrator to enable a current "
+         "one (e.g. curve25519-sha256, ssh-ed25519, aes256-ctr, hmac-sha2-256)"),
+        (lambda e: isinstance(e, paramiko.sftp.SFTPError) and "garbage packet" in str(e).lower(), False,
+         lambda: f"the server {where} printed text into the SFTP session (a login script such as .bashrc "
+         f"echoing for non-interactive logins); make it silent for {sftp.username}"),
+        (paramiko.AuthenticationException, False, lambda: f"SFTP login as {sftp.username} on {where} failed"
+         + (f" (the server allows only: {', '.join(map(escape_text, allowed))})" if allowed else "")
+         + "; check D118_SFTP_USERNAME and D118_SFTP_PASSWORD or D118_SFTP_KEY_FILE"),
+        (PermissionError, False, lambda: f"SFTP server {where} refused access{in_dir} ({foreign_text(error)}); "
+         f"give {sftp.username} write permission on the remote directory"),
+        (FileNotFoundError, False, lambda: f"SFTP path not found on {where}{in_dir} ({foreign_text(error)}); "
+         "create the remote directory or fix --remote-dir (or output.remote_dir in the profile)"),
+        (socket.gaierror, False, lambda: f"cannot resolve SFTP host {sftp.host!r}; check D118_SFTP_ADDRESS"),
+        ((OSError, EOFError, paramiko.SSHException), True, lambda: f"SFTP connection to {where} failed{in_dir}: "
+         f"{cause or foreign_text(error)}; {SFTP_REACH_FIX}"),
+    ):  # fmt: skip
+        if isinstance(error, matches) if isinstance(matches, (type, tuple)) else matches(error):
+            return (TransientSftpError if retried else SftpError)(line())
     return error
 
 
