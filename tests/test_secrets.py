@@ -189,7 +189,7 @@ def test_windows_credential_manager_entries_are_read_and_sealed(uploading_app, s
         check = app.run("--check", *app.base_args)
         assert "  D118_SFTP_PASSWORD: from Windows Credential Manager" in check.stdout, check.stdout
         secrets_nowhere(night, env_file, app.output, app.log_path)
-        store.delete("D118_SFTP_PASSWORD")
+        store.put_back("D118_SFTP_PASSWORD", None)
 
         # --seal-secrets. (A refusal half-way is tested on Linux: Wine's CredWrite accepts even a
         # blob over Windows' 2,560-byte limit, so no write is refused here; the rollback is shared.)
@@ -200,5 +200,5 @@ def test_windows_credential_manager_entries_are_read_and_sealed(uploading_app, s
         assert "nothing to seal" in app.run("--seal-secrets").stdout
     finally:
         for name in ce.SECRETS:
-            store.delete(name)
+            store.put_back(name, None)
         assert store.read("D118_SFTP_PASSWORD") is None and store.read("CLEVER_NOTIFY") is None
