@@ -1098,8 +1098,8 @@ class RedactTracebacks(logging.Filter):
 
 STOP_SECONDS = 10.0  # a stopped run ends within this, whatever it was waiting on (docs/running.md)
 STOP_GRACE_SECONDS = 2.0  # a call under way when the stop comes may finish within this; then it is cut
-DEFERRED_SECONDS = 7.0  # a rename on the server, once sent, may finish within this after a stop
-REPORTS_END_SECONDS = 9.0  # after a stop, the alerts and the ping share the time up to this
+DEFERRED_SECONDS = 6.0  # a rename on the server, once sent, may finish within this after a stop
+REPORTS_END_SECONDS = 8.0  # after a stop, the alerts and the ping share the time up to this (2 s left to exit)
 CLOSE_SECONDS = 2.0  # closing a connection: a peer that stalls is left behind
 CANCEL_WAIT_SECONDS = 1.0  # a call cut short ends (a query interrupted on the database) within this
 POLL_SECONDS = 0.05
@@ -4155,55 +4155,52 @@ def report_blanks_not_applied(check: ImportCheck) -> None:
 
 
 def show_status(state_path: Path, lock_path: Path, max_age_hours: float | None) -> int:
-    """--status: the last run and the last upload in a few lines; the last run's exit code."""
+    """--status: the last run, the last upload and the last import check in a few lines.
+    The verdict is decided first: the last run's exit code, 143 for a run that was
+    killed (it recorded no outcome), 2 when none is recorded yet, and with --max-age
+    7 when the last upload is too old (or none was made) and the last run succeeded."""
     state = State.load(state_path)
     if state.problem is not None:
         print(f"status: {state.problem}")
         return state.problem.exit_code  # as a run and --check give for it
-    last_run = state.last_run
-    code = EXIT_CONFIG
-    if state.running and RunLock.held(lock_path):
-        print(f"running now: a run started {escape_text(state.running)}")
-    elif state.running:
-        print(
-            f"last run: started {escape_text(state.running)} and recorded no outcome: it was killed "
-            "(SIGKILL, Task Scheduler's time limit, a reboot, a power cut)"
-        )
-        last_run, code = None, EXIT_TERMINATED
-    if last_run is not None:
-        code = (
-            last_run.exit_code
-            if type(last_run.exit_code) is int and 0 <= last_run.exit_code <= 255
-            else EXIT_BUG
-        )
-        print(
-            f"last run: {escape_text(last_run.started)} to {escape_text(last_run.finished or '?')}, exit {code} "
-            f"({EXIT_CODES.get(code, 'unknown')})"
-        )
-        if last_run.message:
-            print(f"  {escape_text(last_run.message)}")
-        if last_run.students is not None:
-            print(f"  students written {last_run.students}, bytes {last_run.bytes}")
-    elif code == EXIT_CONFIG:
-        print(f"last run: none recorded in {state_path}")
-    upload = state.last_upload
-    if upload is not None:
-        print(
-            f"last upload: {escape_text(upload.at)}, {upload.students} students, "
-            f"{upload.bytes} bytes to {escape_text(upload.remote_path)}"
-        )
+    run, upload = state.last_run, state.last_upload
+    running = bool(state.running) and RunLock.held(lock_path)
+    killed = bool(state.running) and not running
+    if killed:
+        code = EXIT_TERMINATED
+    elif run is None:
+        code = EXIT_CONFIG
     else:
-        print("last upload: none recorded")
+        code = run.exit_code if type(run.exit_code) is int and 0 <= run.exit_code <= 255 else EXIT_BUG
+    age = hours_since(upload.at) if upload else None
+    stale = max_age_hours is not None and (age is None or not -0.25 <= age <= max_age_hours)
+
+    if running:
+        print(f"running now: a run started {escape_text(state.running)}")
+    if killed:
+        print(f"last run: started {escape_text(state.running)} and recorded no outcome: it was killed "
+              "(SIGKILL, Task Scheduler's time limit, a reboot, a power cut)")  # fmt: skip
+    elif run is None:
+        print(f"last run: none recorded in {state_path}")
+    else:
+        print(f"last run: {escape_text(run.started)} to {escape_text(run.finished or '?')}, exit {code} "
+              f"({EXIT_CODES.get(code, 'unknown')})")  # fmt: skip
+        if run.message:
+            print(f"  {escape_text(run.message)}")
+        if run.students is not None:
+            print(f"  students written {run.students}, bytes {run.bytes}")
+    print(f"last upload: {escape_text(upload.at)}, {upload.students} students, {upload.bytes} bytes to "
+          f"{escape_text(upload.remote_path)}" if upload else "last upload: none recorded")  # fmt: skip
     print(state.last_import_check.describe() if state.last_import_check else "last import check: none yet")
-    if max_age_hours is not None:
-        age = hours_since(upload.at) if upload else None
-        if age is None or age > max_age_hours or age < -0.25:
-            shown = "never made" if age is None else f"made {age:.1f} hours ago"
-            if age is not None and age < -0.25:
-                shown = f"{-age:.1f} hours in the future (check the clock)"
-            print(f"the last successful upload was {shown}: --max-age is {max_age_hours:g} hours")
-            return EXIT_STALE if code in (EXIT_OK, EXIT_CONFIG) else code
-    return code
+    if not stale:
+        return code
+    shown = (
+        "never made" if age is None
+        else f"{-age:.1f} hours in the future (check the clock)" if age < -0.25
+        else f"made {age:.1f} hours ago"
+    )  # fmt: skip
+    print(f"the last successful upload was {shown}: --max-age is {max_age_hours:g} hours")
+    return EXIT_STALE if code in (EXIT_OK, EXIT_CONFIG) else code
 
 
 class Checklist:

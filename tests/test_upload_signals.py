@@ -160,7 +160,7 @@ def test_a_stop_during_a_rename_the_server_answers_late_records_tonights_upload(
     first_night(app, sftp_server, last_night)
     sftp_server.posix_rename = posix_rename
     operation = "posix_rename" if posix_rename else "rename"
-    sftp_server.slow[operation] = 5.0  # past the stop's 2 s grace, inside its 7 s for a rename
+    sftp_server.slow[operation] = 4.5  # past the stop's 2 s grace, inside its 6 s for a rename
     code, stderr, seconds = run_with_signal(
         app, sftp_server, tonight, operation, nth=1 if posix_rename else 2, timeout=10
     )
