@@ -1099,7 +1099,9 @@ class RedactTracebacks(logging.Filter):
 STOP_SECONDS = 10.0  # a stopped run ends within this, whatever it was waiting on (docs/running.md)
 STOP_GRACE_SECONDS = 2.0  # a call under way when the stop comes may finish within this; then it is cut
 DEFERRED_SECONDS = 6.0  # a rename on the server, once sent, may finish within this after a stop
-REPORTS_END_SECONDS = 8.0  # after a stop, the alerts and the ping share the time up to this (2 s left to exit)
+REPORTS_END_SECONDS = (
+    8.0  # after a stop, the alerts and the ping share the time up to this (2 s left to exit)
+)
 CLOSE_SECONDS = 2.0  # closing a connection: a peer that stalls is left behind
 CANCEL_WAIT_SECONDS = 1.0  # a call cut short ends (a query interrupted on the database) within this
 POLL_SECONDS = 0.05
