@@ -202,3 +202,26 @@ def test_windows_credential_manager_entries_are_read_and_sealed(uploading_app, s
         for name in ce.SECRETS:
             store.put_back(name, None)
         assert store.read("D118_SFTP_PASSWORD") is None and store.read("CLEVER_NOTIFY") is None
+
+
+@pytest.mark.skipif(WINDOWS, reason="systemd credentials and /etc/credstore.encrypted are Linux's")
+def test_each_sealed_store_failure_is_one_named_line(uploading_app, sftp_server, tmp_path, monkeypatch):
+    app = uploading_app
+    app.env = {"PYTHONIOENCODING": "utf-8"}
+    no_env_file = app.run("--seal-secrets")
+    assert no_env_file.returncode == 2 and "there is none" in one_line(no_env_file.stderr)
+    sftp = sftp_server.env()
+    sftp.pop("D118_SFTP_PASSWORD")
+    env_file_of(app, **sftp)
+    folder = tmp_path / "credentials"
+    (folder / "D118_SFTP_PASSWORD").mkdir(parents=True)  # not a file: it cannot be read
+    unreadable = app.run(*app.base_args, env={"CREDENTIALS_DIRECTORY": str(folder)})
+    line = one_line(unreadable.stderr)
+    assert unreadable.returncode == 2 and "a systemd credential in" in line and "cannot be read" in line
+    store = tmp_path / "credstore"
+    store.mkdir()
+    (store / "D118_SFTP_PASSWORD").write_bytes(b"encrypted")
+    monkeypatch.setattr(ce, "CREDSTORE", store)
+    by_hand = app.run(*app.base_args)  # sealed for the unit, run by hand: said so
+    line = one_line(by_hand.stderr)
+    assert by_hand.returncode == 2 and f"it is sealed in {store}, for the systemd unit only" in line
