@@ -610,6 +610,7 @@ SETTINGS: dict[str, tuple[str, bool]] = {
 SETTING_NAMES = tuple(SETTINGS)
 SECRETS = tuple(name for name, (_, secret) in SETTINGS.items() if secret)
 CREDENTIAL_TARGET = "clever-export:{}"  # a secret's name in Windows Credential Manager
+CREDENTIAL_BLOB_BYTES = 2560  # CRED_MAX_CREDENTIAL_BLOB_SIZE: the most one entry holds
 
 
 def read_settings(env_file: Path | None, environ: dict[str, str]) -> Settings:
@@ -711,6 +712,10 @@ class SealedStore:
     def write(self, name: str, value: str) -> None:
         if self.windows:
             from win32ctypes.pywin32 import win32cred
+
+            if len(value.encode("utf-16-le")) > CREDENTIAL_BLOB_BYTES:  # Windows refuses it, Wine does not
+                raise ConfigError(f"{name} is longer than a Windows Credential Manager entry holds "
+                                  f"({CREDENTIAL_BLOB_BYTES:,} bytes as UTF-16: an RSA key is; use ed25519)")  # fmt: skip
 
             credential = {"Type": win32cred.CRED_TYPE_GENERIC, "TargetName": CREDENTIAL_TARGET.format(name),
                           "UserName": "clever-export", "CredentialBlob": value,

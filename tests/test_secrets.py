@@ -172,7 +172,9 @@ def test_the_env_files_default_name_is_protected_before_it_exists(app, db):
 
 
 @windows_vault
-def test_windows_credential_manager_entries_are_read_and_sealed(uploading_app, sftp_server, monkeypatch):
+def test_windows_credential_manager_entries_are_read_and_sealed_all_or_nothing(
+    uploading_app, sftp_server, monkeypatch
+):
     """CredWrite and CredRead under Wine, as in Windows: entries of this test's own prefix,
     so the suite's other runs in this account's vault never see them."""
     app = uploading_app
@@ -191,8 +193,16 @@ def test_windows_credential_manager_entries_are_read_and_sealed(uploading_app, s
         secrets_nowhere(night, env_file, app.output, app.log_path)
         store.put_back("D118_SFTP_PASSWORD", None)
 
-        # --seal-secrets. (A refusal half-way is tested on Linux: Wine's CredWrite accepts even a
-        # blob over Windows' 2,560-byte limit, so no write is refused here; the rollback is shared.)
+        # --seal-secrets refused half-way: a value over an entry's 2,560 bytes (Windows' CredWrite
+        # refuses it; Wine's does not, so the script refuses it first). The first secret is put back.
+        store.write("D118_SFTP_PASSWORD", "an-earlier-sealing")
+        env_file = env_file_of(app, **sftp_server.env(), CLEVER_NOTIFY="json://127.0.0.1:1/" + "x" * 3000)
+        before = env_file.read_bytes()
+        refused = app.run("--seal-secrets")
+        line = one_line(refused.stderr)
+        assert refused.returncode == 2 and "CLEVER_NOTIFY is longer than a Windows Credential Manager" in line
+        assert env_file.read_bytes() == before and store.read("D118_SFTP_PASSWORD") == "an-earlier-sealing"
+        assert store.read("CLEVER_NOTIFY") is None and SECRET_SFTP_PASSWORD not in refused.stderr
         env_file = env_file_of(app, **sftp_server.env())
         assert app.run("--seal-secrets").returncode == 0
         assert SECRET_SFTP_PASSWORD not in env_file.read_text() and store.read("D118_SFTP_PASSWORD")
