@@ -1430,6 +1430,8 @@ def connect_oracle(settings: DatabaseSettings, timeout: float):
             f"the connection to database {where}", timeout, DatabaseError,
             fix="check POWERSCHOOL_PROD_DB and that the database is up",
         )  # fmt: skip
+    except ExportError:
+        raise  # bounded's own: the deadline, named
     except Exception as error:
         raise connect_failure(where, error) from None
     connection.call_timeout = int(timeout * 1000)  # each round trip, in ms
@@ -1439,8 +1441,6 @@ def connect_oracle(settings: DatabaseSettings, timeout: float):
 
 def connect_failure(where: str, error: BaseException) -> DatabaseError:
     """The one line for a failed connect: the driver's codes and causes, and the fix."""
-    if isinstance(error, DatabaseError):
-        return error
     message = database_message(error)
     for code, reason in THICK_MODE_ERRORS.items():
         if code in message:
