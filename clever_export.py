@@ -169,9 +169,15 @@ OUTPUT_COLUMNS = ("student_number", "Hispanic_Latino", "Race", "ELL")
 
 
 class ExportError(Exception):
-    """An expected failure: its message is the one line an admin reads."""
+    """An expected failure: its message is the one line an admin reads, and its exit code.
+    A subclass stands only where an except clause tells a failure apart (and for the
+    codes raised at many places)."""
 
     exit_code = EXIT_BUG
+
+    def __init__(self, message: str, exit_code: int | None = None):
+        super().__init__(message)
+        self.exit_code = exit_code or self.exit_code
 
 
 class ConfigError(ExportError):
@@ -188,14 +194,6 @@ class SftpError(ExportError):
 
 class TransientSftpError(SftpError):
     """A network failure worth another attempt (refused, reset, timed out)."""
-
-
-class GuardError(ExportError):
-    exit_code = EXIT_GUARD
-
-
-class NotImportedError(ExportError):
-    exit_code = EXIT_NOT_IMPORTED
 
 
 class LockedError(ExportError):
@@ -902,18 +900,30 @@ def refuse_if_shared(path: Path, what: str) -> None:
 
 
 class Mode(enum.Enum):
-    """What a run does: decided once, from the command line (mode_of)."""
+    """What a run does, decided once from the command line (mode_of): each mode is
+    the flag that chooses it, in the order they win.  Those before --dry-run
+    exclude each other (--demo too: with --dry-run or --no-upload it reads the
+    sample data in that mode); those from --dry-run on export under the lock, and
+    ping and alert on their outcome.  Only the nightly run uploads, is guarded
+    and is recorded for --status."""
 
-    NIGHTLY = "export and upload"  # the only mode recorded for --status and guarded
-    DRY_RUN = "dry run"  # everything but the upload, then a report
-    NO_UPLOAD = "write the file only"
-    DEMO = "demo"  # the bundled sample data, no upload
-    CHECK = "check"
-    SHOW_HOST_KEY = "show host key"
-    NOTIFY_TEST = "send a test notification"
-    STATUS = "status"
-    DEMO_DB = "demo database"
-    SEAL = "seal the env file's secrets"
+    DEMO_DB = "--demo-db"
+    CHECK = "--check"
+    SHOW_HOST_KEY = "--show-host-key"
+    STATUS = "--status"
+    NOTIFY_TEST = "--notify-test"
+    SEAL_SECRETS = "--seal-secrets"
+    DRY_RUN = "--dry-run"
+    NO_UPLOAD = "--no-upload"
+    DEMO = "--demo"
+    NIGHTLY = ""
+
+    def given(self, args: argparse.Namespace) -> bool:
+        return not self.value or getattr(args, self.name.lower()) not in (None, False)
+
+    @property
+    def exports(self) -> bool:
+        return self in (Mode.DRY_RUN, Mode.NO_UPLOAD, Mode.DEMO, Mode.NIGHTLY)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -941,14 +951,6 @@ class RunOptions:
     notify_success: bool
     verbose: bool
     quiet: bool
-
-    @property
-    def uploads(self) -> bool:
-        return self.mode is Mode.NIGHTLY
-
-    @property
-    def dry_run(self) -> bool:
-        return self.mode is Mode.DRY_RUN
 
     @property
     def sent_copy_path(self) -> Path:
@@ -2600,7 +2602,7 @@ class State:
 
     def __init__(self, path: Path):
         self.path = path
-        self.problem: GuardError | ConfigError | None = None
+        self.problem: ExportError | None = None  # exit 5 if damaged, 2 if another account's
         self.last_run: RunRecord | None = None
         self.last_upload: UploadRecord | None = None
         self.last_import_check: ImportCheckRecord | None = None
@@ -2617,23 +2619,19 @@ class State:
             state.problem = unusable(f"cannot read the state file {path}", path, error, "--state-file")
             return state
         except (OSError, ValueError) as error:
-            state.problem = GuardError(
-                f"state file {path} cannot be read ({foreign_text(error, 120)}); the safety guard "
-                "cannot compare with the last upload. Check it, or rerun with --force to upload and "
-                "rewrite it"
-            )
-            return state
-        if not isinstance(document, dict):
-            state.problem = GuardError(
-                f"state file {path} is not a record of runs; rerun with --force to upload and rewrite it"
-            )
-            return state
-        upload = document.get("last_upload")
+            document = f"cannot be read ({foreign_text(error, 120)}): the safety guard cannot compare with it"
+        upload = document.get("last_upload") if isinstance(document, dict) else None
         count = upload.get("students") if isinstance(upload, dict) else None
-        if upload is not None and (type(count) is not int or count < 0):
-            state.problem = GuardError(
-                f"state file {path} holds no usable student count for the last upload "
-                f"({escape_text(repr(count))[:40]}); rerun with --force to upload and rewrite it"
+        damage = (
+            document if isinstance(document, str)
+            else "is not a record of runs" if not isinstance(document, dict)
+            else f"holds no usable student count for the last upload ({escape_text(repr(count))[:40]})"
+            if upload is not None and (type(count) is not int or count < 0)
+            else ""
+        )  # fmt: skip
+        if damage:
+            state.problem = ExportError(
+                f"state file {path} {damage}; rerun with --force to upload and rewrite it", EXIT_GUARD
             )
             return state
         state.last_upload = _record_of(UploadRecord, upload)
@@ -2682,17 +2680,19 @@ class State:
 def check_guard(students: int, previous: int | None, max_drop_percent: float) -> None:
     """Refuse an export that looks collapsed (a broken query, an empty table)."""
     if students == 0:
-        raise GuardError(
+        raise ExportError(
             "the export has 0 students, so it was not uploaded; check the database "
-            "and the query, or rerun with --force if that is really right"
+            "and the query, or rerun with --force if that is really right",
+            EXIT_GUARD,
         )
     if previous:
         drop = 100.0 * (previous - students) / previous
         if drop > max_drop_percent:
-            raise GuardError(
+            raise ExportError(
                 f"the export has {students} students, {drop:.1f}% fewer than the {previous} "
                 f"of the last upload (limit --max-drop {max_drop_percent:g}%), so it was not "
-                "uploaded; check the data, or rerun with --force if the drop is real"
+                "uploaded; check the data, or rerun with --force if the drop is real",
+                EXIT_GUARD,
             )
 
 
@@ -3881,13 +3881,13 @@ def run_export(options: RunOptions, state: State, record: RunRecord) -> Summary:
     mapper = export(options, prepared)
     summary = mapper.summary
     record.students, record.bytes = summary.written, options.output_path.stat().st_size
-    if options.dry_run:
+    if options.mode is Mode.DRY_RUN:
         shown = (
             state.last_import_check.describe() if state.last_import_check else "last import check: none yet"
         )
         for line in [*summary.report().splitlines(), f"  {shown}"]:
             LOG.info("%s", line, extra={"report": True})  # one log line per report line
-    if options.uploads:
+    if options.mode is Mode.NIGHTLY:
         publish(options, prepared, state, mapper, record)
     LOG.info("%s", summary.line(time.monotonic() - started))
     return summary
@@ -3898,7 +3898,7 @@ def prepare(options: RunOptions, state: State) -> Prepared:
     values = options.settings.values
     database = database_settings(values) if options.source == "oracle" else None
     sftp = login = None
-    if options.uploads:
+    if options.mode is Mode.NIGHTLY:
         sftp = sftp_settings(values, options.known_hosts_path, options.timeout)
         login = prepare_login(sftp)
     if options.changed_only and not options.profile.can_compare():
@@ -3910,10 +3910,10 @@ def prepare(options: RunOptions, state: State) -> Prepared:
 
 def export(options: RunOptions, prepared: Prepared) -> StudentMapper:
     """The one query, mapped and written to the local file."""
-    profile, sent = options.profile, prepared.sent
+    profile, sent, dry_run = options.profile, prepared.sent, options.mode is Mode.DRY_RUN
     source = open_source(options, prepared.database)
     try:
-        compare = options.changed_only or (options.dry_run and profile.can_compare()) or sent is not None
+        compare = options.changed_only or (dry_run and profile.can_compare()) or sent is not None
         if compare and not table_exists(source, profile.current_table):
             if options.changed_only:
                 raise DatabaseError(
@@ -3925,7 +3925,7 @@ def export(options: RunOptions, prepared: Prepared) -> StudentMapper:
                     "import check skipped: current_values.table %s cannot be read", profile.current_table
                 )
                 sent = None
-            if options.dry_run:
+            if dry_run:
                 LOG.warning(
                     "current_values.table %s cannot be read, so the dry run does not compare",
                     profile.current_table,
@@ -4078,7 +4078,11 @@ def keep_sent_copy(options: RunOptions) -> str:
 
 def plan_import_check(options: RunOptions, state: State) -> SentCopy | None:
     """The previous upload to check tonight, or None (with the reason at INFO)."""
-    if not options.uploads or options.import_deadline_hours <= 0 or not options.profile.can_compare():
+    if (
+        options.mode is not Mode.NIGHTLY
+        or options.import_deadline_hours <= 0
+        or not options.profile.can_compare()
+    ):
         return None
     last_upload = state.last_upload
     if state.problem is not None:
@@ -4133,11 +4137,12 @@ def judge_import(
         "import check: %d of %d students of the previous upload still differ", check.differing, check.compared
     )
     if check.compared and check.percent_differing() > tolerance:
-        return record, NotImportedError(
+        return record, ExportError(
             f"PowerSchool has not imported the upload of {shown_time(previous_upload.at)}: "
             f"{check.differing:,} of {check.compared:,} students still differ (the log names an example); "
             "check the AutoComm import (Data Import Manager: the job ran; field delimiter Tab, record "
-            "delimiter LF, field order, match on student_number). Tonight's file was uploaded"
+            "delimiter LF, field order, match on student_number). Tonight's file was uploaded",
+            EXIT_NOT_IMPORTED,
         )
     return record, None
 
@@ -4582,28 +4587,18 @@ def is_heartbeat(url: str) -> bool:
 
 
 def mode_of(args: argparse.Namespace) -> Mode:
-    """What this run does: one mode per run, each flag with the mode it belongs to."""
-    chosen = [(flag, mode) for flag, mode, given in (
-        ("--demo-db", Mode.DEMO_DB, args.demo_db is not None), ("--check", Mode.CHECK, args.check),
-        ("--show-host-key", Mode.SHOW_HOST_KEY, args.show_host_key), ("--status", Mode.STATUS, args.status),
-        ("--notify-test", Mode.NOTIFY_TEST, args.notify_test), ("--demo", Mode.DEMO, args.demo),
-        ("--seal-secrets", Mode.SEAL, args.seal_secrets),
-    ) if given]  # fmt: skip
-    if len(chosen) > 1:
-        raise ConfigError(f"choose one of {' and '.join(flag for flag, _ in chosen)}")
+    """What this run does: one mode per run (Mode's order decides between the flags given)."""
+    given = [mode for mode in Mode if mode.given(args)]
+    exclusive = [mode.value for mode in given if not mode.exports or mode is Mode.DEMO]
+    if len(exclusive) > 1:
+        raise ConfigError(f"choose one of {' and '.join(exclusive)}")
     if args.demo and args.sqlite:
         raise ConfigError("--demo uses its own sample data; leave out --sqlite")
     if args.max_age is not None and not args.status:
         raise ConfigError("--max-age goes with --status")
     if args.ping_url is not None:
         check_ping_url(args.ping_url)
-    if chosen and chosen[0][1] is not Mode.DEMO:
-        return chosen[0][1]
-    if args.dry_run:
-        return Mode.DRY_RUN
-    if args.no_upload:
-        return Mode.NO_UPLOAD
-    return Mode.DEMO if args.demo else Mode.NIGHTLY
+    return given[0]
 
 
 def resolve_options(args: argparse.Namespace, mode: Mode, environ: dict[str, str]) -> RunOptions:
@@ -4771,6 +4766,9 @@ def shell_command(words: list[str]) -> str:
     return shlex.join(words)
 
 
+# The modes that look at the set-up and change nothing: run once the log is open.
+CHECKS = {Mode.CHECK: run_check, Mode.SHOW_HOST_KEY: show_host_key, Mode.NOTIFY_TEST: send_test_notification}
+
 # --- main: the one place failures become exit codes ----------------------------
 
 
@@ -4839,27 +4837,23 @@ class Invocation:
         self.mode = mode = mode_of(args)
         if mode is Mode.STATUS:
             return show_status(beside_script(args.state_file), lock_path_of(args), args.max_age)
-        if mode is not Mode.SEAL:  # which runs as root, and gives the env file back to its owner
+        if mode is not Mode.SEAL_SECRETS:  # which runs as root, and gives the env file back to its owner
             refuse_root_in_anothers_folder(beside_script(args.state_file))
         if mode is Mode.NIGHTLY:
             self.record = RunRecord(started=now_text())  # for --status, whatever stops the run
         if mode is Mode.DEMO_DB:
             return write_demo_db(beside_script(args.demo_db))
         self.options = options = resolve_options(args, mode, self.environ)
-        if mode is Mode.SEAL:  # before the log: a run as root leaves no file of root's
+        if mode is Mode.SEAL_SECRETS:  # before the log: a run as root leaves no file of root's
             return seal_secrets(options)
         self.recent = setup_logging(options.log_path, options.verbose, options.quiet)
-        if mode is Mode.SHOW_HOST_KEY:
-            return show_host_key(options)
-        if mode is Mode.CHECK:
-            return run_check(options)
-        if mode is Mode.NOTIFY_TEST:
-            return send_test_notification(options)
+        if mode in CHECKS:
+            return CHECKS[mode](options)
         # From here the run holds the lock: a run refused by it touches nothing,
         # and the state file is only ever written by the lock's holder.
         self.lock = self.stack.enter_context(RunLock(options.lock_path))
         self.state = State.load(options.state_path)
-        if options.uploads and isinstance(self.state.problem, ConfigError):
+        if options.mode is Mode.NIGHTLY and isinstance(self.state.problem, ConfigError):
             raise self.state.problem  # another account's file: the night cannot record what it sends
         if self.record is not None:
             self.state.running = self.record.started
@@ -4882,7 +4876,7 @@ class Invocation:
         """The ping and the alerts, after the outcome is recorded (so --status tells
         the truth whatever they do): sent together, each bounded by --timeout, and
         after a stop within what is left of STOP_SECONDS."""
-        if self.mode in (Mode.CHECK, Mode.SHOW_HOST_KEY, Mode.STATUS, Mode.NOTIFY_TEST, Mode.SEAL, None):
+        if self.mode is None or not self.mode.exports:
             return
         options, args = self.options, self.args
         lines = "\n".join(self.recent.lines) if self.recent else ""
