@@ -1898,16 +1898,17 @@ class StudentMapper:
         self.number_at, self.dcid_at, self.test_at = at["student_number"], at["dcid"], at["test_name"]
         self._inputs = tuple(name for name in statement.columns if name in _ALL_INPUTS)
         self._input_at = tuple(at[name] for name in self._inputs)
-        self._codes_of = _tuple_getter(list(self._input_at))
+        self.codes_of = _tuple_getter(list(self._input_at))
         self._rules = tuple(VALUE_FIELDS[field].letter for field in self.fields)
         current_at = [at[f"current_{field.lower()}"] for field in self.fields] if self.compares else []
         self.current_of = _tuple_getter(current_at)
-        self._memo: dict[tuple, _Combination] = {}
+        self.memo: dict[tuple, _Combination] = {}  # raw codes -> letters, line parts, students counted
         self._parts: dict[tuple[str, ...], tuple[str, str]] = {}
         self.skips: list[Skip] = []  # since the caller last logged them
         self.seen_numbers = array.array("q")  # every student's number, for numbers stored in several forms
         self.big_numbers: list[int] = []  # those too large for the array
         self.in_order = True  # numbers rose strictly, so every duplicate was a neighbour
+        self.last = -1  # the last number remembered
         self.import_check: ImportCheck | None = None  # set by the run when it checks the last import
 
     def letters_of(self, codes: dict[str, Any]) -> Letters:
@@ -1915,22 +1916,22 @@ class StudentMapper:
 
     def combination(self, row: tuple) -> _Combination:
         """Letters and line parts for a student who is one row (memoised)."""
-        codes = self._codes_of(row)
-        found = self._memo.get(codes)
+        codes = self.codes_of(row)
+        found = self.memo.get(codes)
         if found is None:
-            if len(self._memo) >= self.MEMO_LIMIT:
+            if len(self.memo) >= self.MEMO_LIMIT:
                 self.fold_counts()
-                self._memo.clear()
+                self.memo.clear()
             named = dict(zip(self._inputs, codes, strict=True))
             if RACE_CODES in named:
                 named[RACE_CODES] = (named[RACE_CODES],)
             letters = self.letters_of(named)
-            found = self._memo[codes] = _Combination(letters, *self.line_parts(letters))
+            found = self.memo[codes] = _Combination(letters, *self.line_parts(letters))
         return found
 
     def fold_counts(self) -> None:
         """Move the memo's student counts into the summary."""
-        for combination in self._memo.values():
+        for combination in self.memo.values():
             if combination.students:
                 self.summary.add(combination.letters, combination.students)
                 combination.students = 0
@@ -1999,10 +2000,29 @@ class StudentMapper:
             )
             return None
         self.summary.add(letters, 1)
+        self.remember(int(number))
         return Student(number, letters, *self.line_parts(letters), row)
 
+    def compare(self, student: Student) -> tuple[str, ...]:
+        """Tonight's values beside PowerSchool's current ones, counted (and seen by
+        the import check): the fields that change."""
+        if not self.compares:
+            return ()
+        current = self.current_of(student.row)
+        if self.import_check is not None:
+            self.import_check.see(int(student.number), current)
+        for field, letter, now in zip(self.fields, student.letters, current, strict=True):
+            if not letter.value and current_text(now):
+                self.summary.blank_but_set[field] += 1  # a blank the import may not apply
+        changes = changed_fields(student.letters, current, self.fields)
+        if changes:
+            self.summary.changed += 1
+            self.summary.changed_by_field.update(change.partition(" ")[0] for change in changes)
+        return changes
+
     def remember(self, number: int) -> None:
-        """Note a written student's number, for numbers stored in several forms."""
+        """Note a student's number, for numbers stored in several forms."""
+        self.in_order, self.last = self.in_order and number > self.last, number
         try:
             self.seen_numbers.append(number)
         except OverflowError:
@@ -2198,54 +2218,28 @@ class ImportCheck:
         return 100.0 * self.differing / self.compared if self.compared else 0.0
 
 
-def student_rows(batches: Iterable[list[tuple]], number_at: int) -> Iterator[list[tuple | list[tuple]]]:
-    """For each batch of rows, the students it completes: a student who is one
-    row as that row (a tuple, the usual case: nothing built), one with several
-    neighbouring rows under one raw student_number as a list of them."""
-    first: tuple | None = None
-    more: list[tuple] | None = None
-    number: Any = _NO_ROW_YET
-    for batch in batches:
-        done: list[tuple | list[tuple]] = []
-        for row in batch:
-            if row[number_at] == number:
-                if more is None:
-                    more = [first, row]
-                else:
-                    more.append(row)
-                continue
-            if first is not None:
-                done.append(first if more is None else more)
-            first, more, number = row, None, row[number_at]
-        yield done
-    if first is not None:
-        yield [first if more is None else more]
-
-
-_NO_ROW_YET = object()
-_FAST_NUMBER_LIMIT = 2**63  # the numbers array holds 64-bit integers
-
-
 def export_lines(batches: Iterable[list[tuple]], mapper: StudentMapper, changed_only: bool) -> Iterator[str]:
-    """The file's text, one line (with its LF) per student, handed on a batch at
-    a time; counts every student into mapper.summary.
+    """The file's text, one line (with its LF) per student, handed on a batch at a
+    time; logs each skip, the -v detail and --changed-only's changes (the log file
+    only).  Every count is the mapper's, in mapper.summary.
 
-    This is the export's hot path.  The usual student (one row, a whole
-    number above the last, no test name, no -v, no comparison) takes its
-    memoised line parts and nothing else; every other student goes through
-    StudentMapper.student_of_rows and `careful` below.
+    This is the export's hot path, one pass over the rows.  Rows arrive ordered
+    by student_number, so a student's rows (under one raw student_number) are
+    neighbours, and a student is complete when a row with another number comes
+    (after the last batch, END_ROW).  The usual student (one row, a whole number
+    above the last, no test name, no -v, no comparison) takes its memoised
+    combination and nothing else; any other goes through `careful`.
     """
-    summary = mapper.summary
     detail = FILE_LOG.isEnabledFor(logging.DEBUG)
-    fast = not (detail or mapper.compares)
-    number_at, test_at = mapper.number_at, mapper.test_at
-    memo_get, codes_of, combination = mapper._memo.get, mapper._codes_of, mapper.combination
-    remember = mapper.seen_numbers.append
-    previous, written = -1, 0
+    # The quick path takes numbers below this: what the numbers array holds (64 bits), none under -v or a comparison.
+    quick_below = 0 if detail or mapper.compares else 2**63
+    number_at, test_at, combination = mapper.number_at, mapper.test_at, mapper.combination
+    memo_get, codes_of, remember = mapper.memo.get, mapper.codes_of, mapper.seen_numbers.append
+    first, more, number, previous, left_out = None, None, END_ROW[0], -1, 0
 
     def careful(rows: list[tuple]) -> str | None:
         """The line for any student, with skips logged, -v detail and the comparison."""
-        nonlocal previous, written
+        nonlocal left_out
         student = mapper.student_of_rows(rows)
         for skipped in mapper.skips:
             if skipped.reason == SKIP_DUPLICATE:
@@ -2255,59 +2249,50 @@ def export_lines(batches: Iterable[list[tuple]], mapper: StudentMapper, changed_
         mapper.skips.clear()
         if student is None:
             return None
-        number = int(student.number)
-        mapper.in_order = mapper.in_order and number > previous
-        previous = number
-        mapper.remember(number)
         if detail:
             FILE_LOG.debug("%s", mapper.describe(student, rows))
-        if mapper.compares:
-            current = mapper.current_of(student.row)
-            if mapper.import_check is not None:
-                mapper.import_check.see(number, current)
-            for field, letter, now in zip(mapper.fields, student.letters, current, strict=True):
-                if not letter.value and current_text(now):
-                    summary.blank_but_set[field] += 1  # a blank the import may not apply
-            changes = changed_fields(student.letters, current, mapper.fields)
-            if changes:
-                summary.changed += 1
-                summary.changed_by_field.update(change.partition(" ")[0] for change in changes)
-                if changed_only:
-                    FILE_LOG.info("student %s: %s", student.number, "; ".join(changes))
-            elif changed_only:
-                return None
-        written += 1
+        changes = mapper.compare(student)
+        if changed_only and changes:
+            FILE_LOG.info("student %s: %s", student.number, "; ".join(changes))
+        elif changed_only and mapper.compares:
+            left_out += 1
+            return None
         return student.before + student.number + student.after
 
     try:
-        for students in student_rows(batches, number_at):
+        for batch in itertools.chain(batches, [[END_ROW * (number_at + 1)]]):
             out: list[str] = []  # a batch's lines, handed on together: one hand-over per batch
-            emit = out.append
-            for student in students:
-                if type(student) is tuple:
-                    number = student[number_at]
-                    if (
-                        fast
-                        and type(number) is int
-                        and previous < number < _FAST_NUMBER_LIMIT
-                        and not student[test_at]
-                    ):
-                        found = memo_get(codes_of(student)) or combination(student)
-                        found.students += 1
-                        previous = number
-                        remember(number)
-                        written += 1
-                        emit(found.before + str(number) + found.after)
-                        continue
-                    student = [student]
-                line = careful(student)
-                if line is not None:
-                    emit(line)
+            for row in batch:
+                if row[number_at] == number:  # the same student's next row
+                    more = more or [first]
+                    more.append(row)
+                    continue
+                if (
+                    more is None
+                    and type(number) is int
+                    and previous < number < quick_below
+                    and not first[test_at]
+                ):
+                    found = memo_get(codes_of(first)) or combination(first)
+                    found.students += 1  # folded into the summary by the mapper
+                    previous = number
+                    remember(number)
+                    out.append(found.before + str(number) + found.after)
+                elif first is not None:
+                    mapper.last = previous  # the order is the mapper's to judge
+                    line = careful(more or [first])
+                    previous = mapper.last
+                    if line is not None:
+                        out.append(line)
+                first, more, number = row, None, row[number_at]
             if out:
                 yield "".join(out)
     finally:
-        summary.written += written
         mapper.fold_counts()
+        mapper.summary.written = mapper.summary.exported - left_out
+
+
+END_ROW = (object(),)  # repeated to the student_number's place: a row no number equals
 
 
 # =============================================================================
@@ -3741,22 +3726,12 @@ def notify_targets(settings: Settings) -> list[str]:
 
 # Apprise schemes whose host part is a server's address; for the others (pbul://,
 # ifttt://, pover://...) the "host" is a token, a credential, and is never shown.
+# ntfy's short form ntfys://TOPIC puts the topic, its only secret, where a host goes.
 ADDRESS_SCHEMES = frozenset(
-    {
-        "mailto",
-        "mailtos",
-        "json",
-        "jsons",
-        "xml",
-        "xmls",
-        "form",
-        "forms",
-        "http",
-        "https",
-        "workflow",
-        "workflows",
-    }
-)  # fmt: skip  (ntfy's short form ntfys://TOPIC puts the topic, its only secret, where a host goes)
+    scheme + secure
+    for scheme in ("mailto", "json", "xml", "form", "http", "workflow")
+    for secure in ("", "s")
+)
 
 
 def target_shown(url: str) -> str:
@@ -3797,11 +3772,9 @@ def notify(options: RunOptions, code: int, message: str, test: bool = False) -> 
     # After a failure or a stop, its one line stays the only one on stderr: a failed alert goes to the log.
     warn = FILE_LOG.warning if code != EXIT_OK and not test else LOG.warning
     try:
-        import apprise
-    except ImportError:
-        warn(
-            "CLEVER_NOTIFY is set but Apprise is not installed; run: python -m pip install -r requirements.txt"
-        )
+        apprise = import_apprise()
+    except ConfigError as error:
+        warn("%s", error)
         return False
     host = socket.gethostname()
     verdict = "test" if test else "succeeded" if code == EXIT_OK else "FAILED"
@@ -4275,15 +4248,20 @@ def run_check(options: RunOptions) -> int:
     return check.first_failure
 
 
-def check_targets(targets: list[str]) -> None:
-    """--check: every CLEVER_NOTIFY URL is one Apprise can send to."""
+def import_apprise():
+    """Apprise, which sends the alerts: the one place its absence is named."""
     try:
         import apprise
     except ImportError:
         raise ConfigError(
             "CLEVER_NOTIFY is set but Apprise is not installed; run: python -m pip install -r requirements.txt"
         ) from None
-    bad = [target_shown(url) for url in targets if not apprise.Apprise().add(url)]
+    return apprise
+
+
+def check_targets(targets: list[str]) -> None:
+    """--check: every CLEVER_NOTIFY URL is one Apprise can send to."""
+    bad = [target_shown(url) for url in targets if not import_apprise().Apprise().add(url)]
     if bad:
         raise ConfigError(
             f"CLEVER_NOTIFY: Apprise does not understand {', '.join(bad)}; fix the URL (see docs/alerts.md)"

@@ -282,7 +282,7 @@ def test_the_memo_is_bounded_and_every_student_is_still_counted():
     rows = [row(statement, dcid=n, student_number=n, state_race=f"x{n % 7}", lep=0) for n in range(50)]
     text = "".join(ce.export_lines([rows[:20], rows[20:]], mapper, False))
     lines = text.splitlines()
-    assert text.endswith("\n") and len(lines) == 50 and len(mapper._memo) <= 3
+    assert text.endswith("\n") and len(lines) == 50 and len(mapper.memo) <= 3
     assert summary.exported == 50 and summary.blanks("Race") == 50
     assert sum(summary.reasons["Race"].values()) == 50 and summary.reasons["Race"]["unknown code x3"] == 7
 
